@@ -1,0 +1,1 @@
+"""CLIP + LoRA fine-tuning on food recipes as Dagster assets."""
