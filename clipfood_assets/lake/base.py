@@ -1,0 +1,158 @@
+"""The one storage interface everything uses: buckets of objects addressed by key."""
+
+from __future__ import annotations
+
+import io
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+MAX_KEY_LENGTH = 1024
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LakeError(RuntimeError):
+    """A storage operation failed; the message names the object."""
+
+
+class ObjectNotFound(LakeError, KeyError):
+    """The bucket or the object does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class UnsafeKey(LakeError, ValueError):
+    """A key that could escape its bucket or confuse a filesystem."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unsafe key"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: float | None = None  # seconds since the epoch
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that are absolute, climb out with `..`, or carry control characters.
+
+    Keys come from data (trusted-zone listings, CSV rows), so they are checked
+    before any backend turns them into a path or a URL.
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafeKey(f"empty or non-string object key: {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise UnsafeKey(f"object key longer than {MAX_KEY_LENGTH} characters: {key[:80]!r}…")
+    if key.startswith("/") or "\\" in key or _CONTROL_CHARS.search(key):
+        raise UnsafeKey(f"unsafe object key (absolute, backslash or control character): {key!r}")
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts) or "" in parts[:-1]:
+        raise UnsafeKey(f"unsafe object key (`..`, `.` or empty segment): {key!r}")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    return validate_key(prefix.rstrip("/") + "/x")[:-1] if prefix else ""
+
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not _BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise UnsafeKey(f"invalid bucket name: {bucket!r}")
+    return bucket
+
+
+class Lake(ABC):
+    """Object storage with S3 semantics. Zones are buckets; keys are validated."""
+
+    @abstractmethod
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
+
+    @abstractmethod
+    def put_file(self, bucket: str, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
+        """Upload a local file without reading it whole into memory."""
+
+    @abstractmethod
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        """Stream an object (raises ObjectNotFound)."""
+
+    @abstractmethod
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        """Size and ETag of an object (raises ObjectNotFound)."""
+
+    @abstractmethod
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under prefix, recursively, in key order, streamed page by page."""
+
+    @abstractmethod
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:
+        """Server-side copy (the bytes never pass through this process); returns the new ETag."""
+
+    @abstractmethod
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    @abstractmethod
+    def uri(self, bucket: str, key: str = "") -> str: ...
+
+    # Conveniences shared by every backend.
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        with self.open(bucket, key) as stream:
+            return stream.read()
+
+    def get_file(self, bucket: str, key: str, path: Path, chunk_size: int = 1 << 20) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        with self.open(bucket, key) as stream, open(tmp, "wb") as out:
+            while chunk := stream.read(chunk_size):
+                out.write(chunk)
+        tmp.replace(path)
+        return path
+
+    def iter_lines(self, bucket: str, key: str) -> Iterator[bytes]:
+        """Lines of a (possibly huge) object, read as a stream."""
+        with self.open(bucket, key) as stream:
+            yield from io.BufferedReader(_Readable(stream), buffer_size=1 << 20)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.stat(bucket, key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        keys = [o.key for o in self.list(bucket, prefix)]
+        for key in keys:
+            self.delete(bucket, key)
+        return len(keys)
+
+
+class _Readable(io.RawIOBase):
+    """Adapts any object with read(n) to RawIOBase so BufferedReader can split lines."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n

@@ -1,0 +1,136 @@
+"""The embedded lake: one directory per bucket on the local filesystem."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from clipfood_assets.lake.base import (
+    Lake,
+    ObjectInfo,
+    ObjectNotFound,
+    UnsafeKey,
+    validate_bucket,
+    validate_key,
+    validate_prefix,
+)
+
+_TMP_PREFIX = ".clipfood-tmp-"
+
+
+class LocalLake(Lake):
+    """Same semantics as the S3 backend; writes are atomic (temp file + rename).
+
+    The ETag is derived from size and modification time, which a copy preserves,
+    so "unchanged since the last copy" is answered from a listing alone.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalLake({str(self.root)!r})"
+
+    def _path(self, bucket: str, key: str) -> Path:
+        validate_bucket(bucket)
+        validate_key(key)
+        path = (self.root / bucket / key).resolve()
+        # Belt and braces: symlinks inside the lake must not lead out of it either.
+        if not path.is_relative_to(self.root / bucket):
+            raise UnsafeKey(f"object key escapes bucket {bucket!r}: {key!r}")
+        return path
+
+    def _info(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        st = path.stat()
+        return ObjectInfo(bucket, key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
+
+    def _write_atomically(self, path: Path, write) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, bucket, key, data, content_type=None):
+        path = self._path(bucket, key)
+        self._write_atomically(path, lambda tmp: tmp.write_bytes(bytes(data)))
+        return self._info(bucket, key, path)
+
+    def put_file(self, bucket, key, path, content_type=None):
+        dst = self._path(bucket, key)
+        self._write_atomically(dst, lambda tmp: shutil.copyfile(path, tmp))
+        return self._info(bucket, key, dst)
+
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        path = self._path(bucket, key)
+        try:
+            stream = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"no object {self.uri(bucket, key)}") from None
+        with stream:
+            yield stream
+
+    def stat(self, bucket, key):
+        path = self._path(bucket, key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object {self.uri(bucket, key)}")
+        return self._info(bucket, key, path)
+
+    def list(self, bucket, prefix=""):
+        validate_bucket(bucket)
+        validate_prefix(prefix)
+        base = self.root / bucket
+        if not base.is_dir():
+            return
+        # Walk only the directory the prefix points into, in sorted order, lazily.
+        head, _, _ = prefix.rpartition("/")
+        start = base / head if head else base
+        if not start.is_dir():
+            return
+        yield from self._walk(bucket, base, start, prefix)
+
+    def _walk(self, bucket: str, base: Path, directory: Path, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            # Sort as S3 does, by full key: a folder "a" sorts as "a/".
+            entries = sorted(os.scandir(directory), key=lambda e: e.name + "/" if e.is_dir() else e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.startswith(_TMP_PREFIX):
+                continue
+            rel = Path(entry.path).relative_to(base).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
+                    yield from self._walk(bucket, base, Path(entry.path), prefix)
+            elif entry.is_file(follow_symlinks=False) and rel.startswith(prefix):
+                st = entry.stat()
+                yield ObjectInfo(bucket, rel, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
+
+    def copy(self, src_bucket, src_key, dst_bucket, dst_key):
+        src = self._path(src_bucket, src_key)
+        if not src.is_file():
+            raise ObjectNotFound(f"no object {self.uri(src_bucket, src_key)}")
+        dst = self._path(dst_bucket, dst_key)
+        self._write_atomically(dst, lambda tmp: shutil.copy2(src, tmp))
+        return self._info(dst_bucket, dst_key, dst).etag
+
+    def delete(self, bucket, key):
+        path = self._path(bucket, key)
+        path.unlink(missing_ok=True)
+        # Drop empty folders so listings and prefixes behave like S3's.
+        parent = path.parent
+        while parent != self.root / bucket and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def uri(self, bucket, key=""):
+        return (self.root / bucket / key).as_uri() if key else (self.root / bucket).as_uri()

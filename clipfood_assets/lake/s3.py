@@ -1,0 +1,193 @@
+"""S3 backend for MinIO (or any S3-compatible server), through the `minio` client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import CopySource
+from minio.error import S3Error
+from urllib3.util.retry import Retry
+
+from clipfood_assets.lake.base import (
+    Lake,
+    LakeError,
+    ObjectInfo,
+    ObjectNotFound,
+    validate_bucket,
+    validate_key,
+    validate_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+
+
+def _http_client(retries: int, backoff: float, timeout: float) -> urllib3.PoolManager:
+    # Bounded retries with exponential backoff on connection errors and 5xx; then a clear failure.
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=frozenset({"GET", "PUT", "HEAD", "DELETE", "POST"}),
+        raise_on_status=False,
+    )
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout, read=timeout * 6),
+        maxsize=32,
+        retries=retry,
+        cert_reqs="CERT_REQUIRED",
+    )
+
+
+class S3Lake(Lake):
+    """Zones are buckets, created on first write."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = False,
+        region: str | None = None,
+        retries: int = 4,
+        backoff: float = 0.25,
+        timeout: float = 10.0,
+    ):
+        endpoint = endpoint.removeprefix("http://").removeprefix("https://").rstrip("/")
+        self.endpoint = endpoint
+        self.secure = secure
+        self._client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(retries, backoff, timeout),
+        )
+        self._buckets: set[str] = set()
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"S3Lake({self.endpoint!r}, secure={self.secure})"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND:
+                raise ObjectNotFound(f"no object {what}") from None
+            raise LakeError(f"S3 error on {what}: {exc.code} {exc.message}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LakeError(f"S3 server unreachable for {what} at {self.endpoint}: {exc}") from exc
+
+    def ensure_bucket(self, bucket: str) -> None:
+        validate_bucket(bucket)
+        if bucket in self._buckets:
+            return
+        if not self._call(self.uri(bucket), self._client.bucket_exists, bucket_name=bucket):
+            try:
+                self._client.make_bucket(bucket_name=bucket)
+            except S3Error as exc:  # a concurrent writer may have created it
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise LakeError(f"cannot create bucket {bucket}: {exc.code}") from exc
+        self._buckets.add(bucket)
+
+    def _info(self, bucket: str, key: str, etag: str | None, size: int, modified) -> ObjectInfo:
+        ts = modified.timestamp() if modified is not None else None
+        return ObjectInfo(bucket, key, int(size or 0), (etag or "").strip('"'), ts)
+
+    def put_bytes(self, bucket, key, data, content_type=None):
+        import io
+
+        validate_key(key)
+        self.ensure_bucket(bucket)
+        data = bytes(data)
+        result = self._call(
+            self.uri(bucket, key),
+            self._client.put_object,
+            bucket_name=bucket,
+            object_name=key,
+            data=io.BytesIO(data),
+            length=len(data),
+            content_type=content_type or "application/octet-stream",
+        )
+        return self._info(bucket, key, result.etag, len(data), result.last_modified)
+
+    def put_file(self, bucket, key, path, content_type=None):
+        validate_key(key)
+        self.ensure_bucket(bucket)
+        self._call(
+            self.uri(bucket, key),
+            self._client.fput_object,
+            bucket_name=bucket,
+            object_name=key,
+            file_path=str(Path(path)),
+            content_type=content_type or "application/octet-stream",
+        )
+        return self.stat(bucket, key)
+
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        validate_bucket(bucket)
+        validate_key(key)
+        response = self._call(self.uri(bucket, key), self._client.get_object, bucket_name=bucket, object_name=key)
+        try:
+            yield response
+        finally:
+            response.close()
+            response.release_conn()
+
+    def stat(self, bucket, key):
+        validate_bucket(bucket)
+        validate_key(key)
+        st = self._call(self.uri(bucket, key), self._client.stat_object, bucket_name=bucket, object_name=key)
+        return self._info(bucket, key, st.etag, st.size, st.last_modified)
+
+    def list(self, bucket, prefix=""):
+        validate_bucket(bucket)
+        validate_prefix(prefix)
+        if not self._call(self.uri(bucket), self._client.bucket_exists, bucket_name=bucket):
+            return
+        # The client pages through ListObjectsV2 lazily: memory stays flat for big zones.
+        objects = self._client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True)
+        try:
+            for obj in objects:
+                yield self._info(bucket, obj.object_name, obj.etag, obj.size, obj.last_modified)
+        except S3Error as exc:
+            raise LakeError(f"S3 error listing {self.uri(bucket, prefix)}: {exc.code}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LakeError(f"S3 server unreachable listing {self.uri(bucket, prefix)}: {exc}") from exc
+
+    def copy(self, src_bucket, src_key, dst_bucket, dst_key):
+        validate_bucket(src_bucket)
+        validate_key(src_key)
+        validate_key(dst_key)
+        self.ensure_bucket(dst_bucket)
+        result = self._call(
+            f"{self.uri(src_bucket, src_key)} -> {self.uri(dst_bucket, dst_key)}",
+            self._client.copy_object,
+            bucket_name=dst_bucket,
+            object_name=dst_key,
+            source=CopySource(src_bucket, src_key),
+        )
+        return (result.etag or "").strip('"')
+
+    def delete(self, bucket, key):
+        validate_bucket(bucket)
+        validate_key(key)
+        try:
+            self._call(self.uri(bucket, key), self._client.remove_object, bucket_name=bucket, object_name=key)
+        except ObjectNotFound:
+            pass
+
+    def uri(self, bucket, key=""):
+        return f"s3://{bucket}/{key}"

@@ -1,0 +1,165 @@
+"""Experiment configuration: one validated pydantic model mirroring configs/experiment_config.yaml.
+
+Unknown keys, wrong types and out-of-range values are rejected with a ValueError that names
+the dotted key (``training.batch_size: ...``), so a typo in the YAML never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "experiment_config.yaml"
+
+LossKind = Literal["clip", "clip_hard_negatives", "siglip"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class ModelConfig(_Section):
+    name: str = Field("openai/clip-vit-base-patch32", min_length=1,
+                      description="Hugging Face hub id or local directory of a CLIP model (safetensors)")
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1,
+        description="Linear layer names (last component of the module path) that get adapters",
+    )
+    scope: Literal["both", "vision", "text"] = Field("both", description="Which tower(s) get adapters")
+    bias: Literal["none"] = "none"
+
+
+class TrainingSettings(_Section):
+    epochs: int = Field(3, ge=1, le=10_000)
+    batch_size: int = Field(2, ge=1, description="Micro-batch: pairs encoded per forward pass")
+    gradient_accumulation_steps: int = Field(16, ge=1, description="Micro-batches per optimizer step")
+    accumulation: Literal["feature_cache", "per_micro_batch"] = Field(
+        "feature_cache",
+        description="feature_cache: every pair is contrasted with the whole effective batch; "
+                    "per_micro_batch: the seed's behaviour (negatives only within a micro-batch)",
+    )
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    loss: LossKind = "clip_hard_negatives"
+    mask_same_recipe: bool = True
+    use_labelled_negatives: bool = True
+    train_logit_scale: bool = True
+    checkpoint_every_steps: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent complete checkpoints kept on disk")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    num_workers: int = Field(2, ge=0, le=64, description="Image decoding threads")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+class EvaluationSettings(_Section):
+    batch_size: int = Field(32, ge=1)
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    top_k_examples: int = Field(5, ge=1)
+    num_examples: int = Field(10, ge=0)
+    bootstrap_samples: int = Field(1000, ge=1, le=1_000_000)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @field_validator("recall_at")
+    @classmethod
+    def _positive_sorted_unique(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError("recall cut-offs must be >= 1")
+        return sorted(set(value))
+
+
+class ExperimentConfig(_Section):
+    seed: int = Field(42, ge=0, lt=2**32)
+    method: Literal["lora", "baseline"] = "lora"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+
+def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``overrides`` into a copy of ``base``; nested mappings merge, dotted keys address them."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ValueError(f"config keys must be strings, got {key!r}")
+        path = key.split(".")
+        target = merged
+        for part in path[:-1]:
+            child = target.get(part)
+            if child is None:
+                child = target[part] = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"{key}: {part} is not a section")
+            target = child
+        leaf = path[-1]
+        if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+            target[leaf] = _deep_merge(target[leaf], value)
+        else:
+            target[leaf] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return merged
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid experiment config: " + "; ".join(lines)
+
+
+def _read_source(source: Path | str | Mapping | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    path = Path(source)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: the experiment config must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_experiment_config(
+    source: Path | str | Mapping | None = None, overrides: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Validated config from a YAML file, a mapping, or the defaults (``None``).
+
+    Missing keys take the defaults of configs/experiment_config.yaml (the same values as
+    the model's field defaults); ``overrides`` is deep-merged on top (nested mappings or
+    dotted keys such as ``{"training.epochs": 5}``).  Raises ValueError naming the dotted
+    key on unknown keys, wrong types or out-of-range values.
+    """
+    raw = _deep_merge(_read_source(source), overrides or {})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_format_validation_error(exc)) from None
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """YAML text that ``load_experiment_config`` reads back to an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)

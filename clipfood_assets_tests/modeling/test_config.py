@@ -1,0 +1,77 @@
+"""Experiment config: defaults match the YAML, overrides merge, bad values name their key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from clipfood_assets.modeling.config import (
+    DEFAULT_CONFIG_PATH,
+    ExperimentConfig,
+    config_to_yaml,
+    load_experiment_config,
+)
+
+
+def test_yaml_file_equals_model_defaults_and_seed_values():
+    from_file = load_experiment_config(DEFAULT_CONFIG_PATH)
+    assert from_file == load_experiment_config() == ExperimentConfig()
+    assert from_file.seed == 42
+    assert from_file.model.name == "openai/clip-vit-base-patch32"
+    assert (from_file.lora.r, from_file.lora.lora_alpha, from_file.lora.lora_dropout) == (8, 16, 0.05)
+    assert from_file.lora.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    t = from_file.training
+    assert (t.batch_size, t.gradient_accumulation_steps, t.epochs) == (2, 16, 3)
+    assert t.effective_batch_size == 32
+
+
+def test_overrides_deep_merge_and_dotted_keys(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"training": {"epochs": 7, "batch_size": 4}}))
+    cfg = load_experiment_config(path, overrides={"training": {"epochs": 9}, "lora.scope": "vision"})
+    assert cfg.training.epochs == 9
+    assert cfg.training.batch_size == 4  # kept from the file
+    assert cfg.training.gradient_accumulation_steps == 16  # default
+    assert cfg.lora.scope == "vision"
+
+
+def test_yaml_round_trip():
+    cfg = load_experiment_config(overrides={"method": "baseline", "evaluation": {"recall_at": [10, 1]}})
+    assert cfg.evaluation.recall_at == [1, 10]
+    assert load_experiment_config(yaml.safe_load(config_to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"training": {"batch_sise": 2}}, "training.batch_sise"),
+        ({"training": {"batch_size": "two"}}, "training.batch_size"),
+        ({"training": {"batch_size": 0}}, "training.batch_size"),
+        ({"training": {"learning_rate": float("nan")}}, "training.learning_rate"),
+        ({"training": {"max_grad_norm": float("inf")}}, "training.max_grad_norm"),
+        ({"lora": {"scope": "audio"}}, "lora.scope"),
+        ({"lora": {"lora_dropout": 1.5}}, "lora.lora_dropout"),
+        ({"evaluation": {"confidence": 1.0}}, "evaluation.confidence"),
+        ({"evaluation": {"recall_at": [0, 5]}}, "evaluation.recall_at"),
+        ({"method": "full"}, "method"),
+        ({"unknown_section": {}}, "unknown_section"),
+        ({"training": 5}, "training"),
+    ],
+)
+def test_bad_values_raise_value_error_naming_the_key(overrides, key):
+    with pytest.raises(ValueError, match=rf"{key}\b"):
+        load_experiment_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "training: [unclosed\n", "42\n"])
+def test_malformed_yaml_file_raises_value_error(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_experiment_config(path)
+
+
+def test_empty_yaml_file_means_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert load_experiment_config(path) == ExperimentConfig()
