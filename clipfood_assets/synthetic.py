@@ -313,3 +313,523 @@ def caption_corpus(seed: int = 0, n: int = 5000) -> list[str]:
         template = rng.choice(_CAPTION_TEMPLATES)
         captions.append(template.format(title=title, lower=title.lower()))
     return captions
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+_CANVAS = 256  # drawn at 256 px then resized: 4x fewer pixels to fill, photo-like softness
+Point = tuple[float, float]
+_WHITE: RGB = (250, 248, 240)
+_TOPPING_SCALE = 1.25
+
+
+def _mix(a: RGB, b: RGB, t: float) -> RGB:
+    """Blend colour ``a`` towards ``b`` by ``t`` (0: a, 1: b)."""
+    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def _shade(colour: RGB, factor: float) -> RGB:
+    return tuple(max(0, min(255, int(c * factor))) for c in colour)  # type: ignore[return-value]
+
+
+def _rotated(points: list[Point], cx: float, cy: float, angle: float) -> list[Point]:
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
+
+
+def _box(x: float, y: float, rx: float, ry: float | None = None) -> tuple[float, float, float, float]:
+    ry = rx if ry is None else ry
+    return (x - rx, y - ry, x + rx, y + ry)
+
+
+def _scatter(rng: random.Random, n: int, cx: float, cy: float, rx: float, ry: float | None = None) -> list[Point]:
+    """``n`` points uniformly inside an ellipse."""
+    ry = rx if ry is None else ry
+    points = []
+    for _ in range(n):
+        radius, angle = math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
+        points.append((cx + rx * radius * math.cos(angle), cy + ry * radius * math.sin(angle)))
+    return points
+
+
+def _draw_topping(draw: ImageDraw.ImageDraw, rng: random.Random, ing: Ingredient, x: float, y: float, r: float) -> None:
+    """One piece of an ingredient; its shape and colours say which ingredient it is."""
+    c, a, turn = ing.colour, ing.accent, rng.uniform(0, 2 * math.pi)
+    shape = ing.shape
+    if shape == "crescent":
+        start = math.degrees(turn)
+        draw.arc(_box(x, y, r), start, start + 170, fill=c, width=max(2, int(r * 0.6)))
+    elif shape in ("chunk", "cube", "square"):
+        if shape == "chunk":
+            corners = [(r * rng.uniform(0.7, 1.1) * math.cos(t), r * rng.uniform(0.7, 1.1) * math.sin(t))
+                       for t in (k * 2 * math.pi / 6 for k in range(6))]
+        else:
+            corners = [(-r * 0.8, -r * 0.8), (r * 0.8, -r * 0.8), (r * 0.8, r * 0.8), (-r * 0.8, r * 0.8)]
+        draw.polygon(_rotated(corners, x, y, turn), fill=c, outline=a)
+    elif shape == "circle":
+        draw.ellipse(_box(x, y, r), fill=c, outline=_shade(c, 0.75))
+        for dx, dy in ((-0.35, -0.2), (0.3, -0.25), (0.0, 0.35)):
+            draw.ellipse(_box(x + dx * r, y + dy * r, r * 0.16), fill=(250, 200, 120))
+    elif shape == "leaf":
+        tip = _rotated([(-r * 1.3, 0), (0, -r * 0.55), (r * 1.3, 0), (0, r * 0.55)], x, y, turn)
+        draw.polygon(tip, fill=c)
+        draw.line([tip[0], tip[2]], fill=a, width=1)
+    elif shape == "striped":
+        draw.polygon(_rotated([(-r * 1.2, -r * 0.6), (r * 1.2, -r * 0.6), (r * 1.2, r * 0.6), (-r * 1.2, r * 0.6)], x, y, turn), fill=c)
+        for offset in (-0.4, 0.0, 0.4):
+            draw.line(_rotated([(offset * r * 2, -r * 0.6), (offset * r * 2 + r * 0.3, r * 0.6)], x, y, turn), fill=a, width=max(1, int(r * 0.18)))
+    elif shape == "mushroom":
+        draw.rectangle((x - r * 0.25, y - r * 0.1, x + r * 0.25, y + r * 0.8), fill=a)
+        draw.pieslice(_box(x, y, r, r * 0.8), 180, 360, fill=c, outline=_shade(c, 0.7))
+    elif shape == "wheel":
+        draw.ellipse(_box(x, y, r), fill=c, outline=_shade(c, 0.85), width=max(1, int(r * 0.2)))
+        for k in range(4):
+            angle = turn + k * math.pi / 4
+            draw.line([(x - r * 0.8 * math.cos(angle), y - r * 0.8 * math.sin(angle)),
+                       (x + r * 0.8 * math.cos(angle), y + r * 0.8 * math.sin(angle))], fill=a, width=1)
+    elif shape == "berry":
+        draw.polygon(_rotated([(-r * 0.8, -r * 0.5), (r * 0.8, -r * 0.5), (0, r * 1.0)], x, y, turn * 0.2), fill=c)
+        draw.ellipse(_box(x, y - r * 0.55, r * 0.45, r * 0.22), fill=a)
+    elif shape == "dot":
+        for dx, dy in ((0, 0), (0.9, 0.3), (-0.5, 0.8)):
+            draw.ellipse(_box(x + dx * r * 0.7, y + dy * r * 0.7, r * 0.5), fill=c, outline=a)
+    elif shape == "arc":
+        start = math.degrees(turn)
+        draw.arc(_box(x, y, r), start, start + 250, fill=c, width=max(2, int(r * 0.55)))
+        draw.arc(_box(x, y, r * 0.75), start + 30, start + 220, fill=a, width=1)
+    elif shape == "pit":
+        draw.ellipse(_box(x, y, r * 0.8, r * 1.1), fill=c, outline=(60, 110, 30))
+        draw.ellipse(_box(x, y + r * 0.15, r * 0.38), fill=a)
+    elif shape == "floret":
+        draw.line([(x, y), (x, y + r)], fill=a, width=max(2, int(r * 0.35)))
+        for dx, dy in ((-0.45, -0.1), (0.45, -0.1), (0, -0.5), (0, 0.15)):
+            draw.ellipse(_box(x + dx * r, y + dy * r, r * 0.45), fill=c)
+    elif shape == "egg":
+        draw.ellipse(_box(x, y, r * 1.1, r * 0.95), fill=c)
+        draw.ellipse(_box(x, y, r * 0.45), fill=a)
+    elif shape == "flake":
+        for _ in range(3):
+            fx, fy, t = x + rng.uniform(-r, r), y + rng.uniform(-r, r), rng.uniform(0, math.pi)
+            draw.line(_rotated([(-r * 0.5, 0), (r * 0.5, 0)], fx, fy, t), fill=c, width=max(2, int(r * 0.25)))
+    elif shape == "cherry":
+        draw.line([(x, y), (x + r * 0.5, y - r * 1.3)], fill=a, width=max(1, int(r * 0.15)))
+        draw.ellipse(_box(x, y, r * 0.75), fill=c, outline=_shade(c, 0.7))
+    elif shape == "stick":
+        draw.line(_rotated([(-r * 1.3, 0), (r * 1.3, 0)], x, y, turn), fill=c, width=max(2, int(r * 0.45)))
+    elif shape == "wedge":
+        draw.polygon(_rotated([(-r, r * 0.7), (r, r * 0.7), (0, -r)], x, y, turn), fill=c, outline=a)
+        draw.ellipse(_box(x, y + r * 0.2, r * 0.18), fill=a)
+    else:  # pragma: no cover - every vocabulary shape is handled above
+        draw.ellipse(_box(x, y, r), fill=c)
+
+
+def _toppings(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, points: list[Point], r: float) -> None:
+    """Toppings at ``points``: mostly the main ingredient, some of the second one."""
+    for k, (x, y) in enumerate(points):
+        ing = comp.ingredients[1] if len(comp.ingredients) > 1 and k % 3 == 2 else comp.ingredients[0]
+        # Pieces are drawn larger than life so they survive the model's 64 px input.
+        _draw_topping(draw, rng, ing, x, y, r * _TOPPING_SCALE * rng.uniform(0.85, 1.15))
+
+
+def _base_colour(comp: DishComponents, towards: RGB, t: float) -> RGB:
+    return _mix(comp.ingredients[0].colour, towards, t)
+
+
+# --------------------------------------------------------------------------- dish layouts
+# Each renderer draws the dish centred at (cx, cy) with overall radius R on a transparent
+# layer. ``rng`` is the recipe's own stream: every photo of a recipe shows the same dish.
+# Each returns the ellipse (cx, cy, rx, ry) where descriptor cues belong.
+
+Ellipse = tuple[float, float, float, float]
+
+
+def _plate(draw: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, r: float) -> None:
+    rim = rng.choice([(245, 245, 240), (235, 232, 220), (205, 220, 235), (60, 60, 66)])
+    draw.ellipse(_box(cx, cy, r), fill=rim, outline=_shade(rim, 0.8), width=2)
+    draw.ellipse(_box(cx, cy, r * 0.78), fill=_shade(rim, 0.95))
+
+
+def _soup(draw, rng, comp, cx, cy, R) -> Ellipse:
+    bowl = rng.choice([(245, 245, 240), (40, 90, 160), (190, 90, 50), (230, 220, 190)])
+    draw.ellipse(_box(cx, cy, R), fill=bowl, outline=_shade(bowl, 0.7), width=3)
+    draw.ellipse(_box(cx, cy, R * 0.8), fill=_base_colour(comp, (240, 225, 190), 0.3))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(5, 7), cx, cy, R * 0.55), R * 0.13)
+    return cx, cy, R * 0.65, R * 0.65
+
+
+def _curry(draw, rng, comp, cx, cy, R) -> Ellipse:
+    bowl = rng.choice([(245, 245, 240), (30, 30, 35), (120, 70, 40)])
+    draw.ellipse(_box(cx, cy, R * 1.1, R * 0.8), fill=bowl, outline=_shade(bowl, 0.7), width=3)
+    draw.ellipse(_box(cx - R * 0.2, cy, R * 0.75, R * 0.62), fill=_base_colour(comp, (210, 130, 30), 0.35))
+    draw.ellipse(_box(cx + R * 0.55, cy, R * 0.38, R * 0.5), fill=(248, 246, 236))  # rice
+    for x, y in _scatter(rng, 12, cx + R * 0.55, cy, R * 0.3, R * 0.42):
+        draw.line([(x, y), (x + 3, y + 1)], fill=(225, 222, 210), width=1)
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(4, 6), cx - R * 0.25, cy, R * 0.45, R * 0.4), R * 0.13)
+    return cx - R * 0.2, cy, R * 0.6, R * 0.5
+
+
+def _stew(draw, rng, comp, cx, cy, R) -> Ellipse:
+    pot = (55, 55, 60)
+    for side in (-1, 1):
+        draw.rounded_rectangle(_box(cx + side * R * 1.02, cy, R * 0.22, R * 0.1), radius=3, fill=pot)
+    draw.ellipse(_box(cx, cy, R), fill=pot, outline=(30, 30, 32), width=3)
+    draw.ellipse(_box(cx, cy, R * 0.84), fill=_base_colour(comp, (110, 60, 30), 0.55))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(9, 12), cx, cy, R * 0.65), R * 0.14)
+    return cx, cy, R * 0.7, R * 0.7
+
+
+def _salad(draw, rng, comp, cx, cy, R) -> Ellipse:
+    bowl = rng.choice([(175, 125, 75), (245, 245, 240), (150, 200, 220)])
+    draw.ellipse(_box(cx, cy, R), fill=bowl, outline=_shade(bowl, 0.7), width=3)
+    draw.ellipse(_box(cx, cy, R * 0.85), fill=(120, 175, 70))
+    greens = Ingredient("lettuce", (140, 200, 80), (90, 150, 50), "leaf", "")
+    for x, y in _scatter(rng, 14, cx, cy, R * 0.7):
+        _draw_topping(draw, rng, greens, x, y, R * 0.16)
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(6, 8), cx, cy, R * 0.6), R * 0.14)
+    return cx, cy, R * 0.7, R * 0.7
+
+
+def _cake(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy + R * 0.25, R * 0.95)
+    sponge = _base_colour(comp, (240, 215, 160), 0.45)
+    frosting = _base_colour(comp, _WHITE, 0.15)
+    left, right, top, bottom = cx - R * 0.75, cx + R * 0.75, cy - R * 0.25, cy + R * 0.45
+    # Side of a wedge, with a triangular top face behind it.
+    draw.polygon([(left, top), (right, top), (cx + R * 0.25, top - R * 0.45)], fill=frosting)
+    band = (bottom - top) / 5
+    for k in range(5):
+        draw.rectangle((left, top + k * band, right, top + (k + 1) * band), fill=sponge if k % 2 == 0 else _WHITE)
+    draw.rectangle((left, top - band * 0.6, right, top), fill=frosting)
+    _toppings(draw, rng, comp, [(left + (k + 0.5) * (right - left) / 4, top - R * 0.18) for k in range(4)], R * 0.12)
+    return cx, cy, R * 0.7, R * 0.35
+
+
+def _pie(draw, rng, comp, cx, cy, R) -> Ellipse:
+    crust = (215, 160, 80)
+    draw.ellipse(_box(cx, cy, R), fill=crust, outline=_shade(crust, 0.75), width=3)
+    draw.ellipse(_box(cx, cy, R * 0.82), fill=_base_colour(comp, (150, 60, 40), 0.2))
+    _toppings(draw, rng, comp, _scatter(rng, 5, cx, cy, R * 0.6), R * 0.12)
+    strip = max(3, int(R * 0.1))
+    for k in (-2, -1, 0, 1, 2):
+        offset = k * R * 0.3
+        half = math.sqrt(max(0.0, (R * 0.82) ** 2 - offset**2))
+        draw.line([(cx + offset, cy - half), (cx + offset, cy + half)], fill=crust, width=strip)
+        draw.line([(cx - half, cy + offset), (cx + half, cy + offset)], fill=crust, width=strip)
+    return cx, cy, R * 0.7, R * 0.7
+
+
+def _pizza(draw, rng, comp, cx, cy, R) -> Ellipse:
+    draw.ellipse(_box(cx, cy, R), fill=(220, 165, 95), outline=(170, 110, 50), width=2)
+    draw.ellipse(_box(cx, cy, R * 0.86), fill=(200, 60, 35))
+    draw.ellipse(_box(cx, cy, R * 0.8), fill=(250, 225, 150))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(9, 12), cx, cy, R * 0.68), R * 0.12)
+    for k in range(rng.choice((6, 8))):
+        angle = k * 2 * math.pi / 8 + 0.2
+        draw.line([(cx, cy), (cx + R * math.cos(angle), cy + R * math.sin(angle))], fill=(150, 100, 50), width=2)
+    return cx, cy, R * 0.75, R * 0.75
+
+
+def _pasta(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy, R)
+    noodle = (240, 210, 120)
+    for x, y in _scatter(rng, 16, cx, cy, R * 0.55):
+        start = rng.uniform(0, 360)
+        draw.arc(_box(x, y, R * 0.22), start, start + 200, fill=noodle, width=3)
+    draw.ellipse(_box(cx, cy, R * 0.33), fill=_base_colour(comp, (190, 60, 30), 0.25))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(4, 6), cx, cy, R * 0.4), R * 0.13)
+    return cx, cy, R * 0.5, R * 0.5
+
+
+def _toast(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy, R)
+    for k in range(3):
+        x, y = cx + (k - 1) * R * 0.12, cy + (1 - k) * R * 0.12
+        corners = [(-R * 0.45, -R * 0.45), (R * 0.45, -R * 0.45), (R * 0.45, R * 0.45), (-R * 0.45, R * 0.45)]
+        draw.polygon(_rotated(corners, x, y, (k - 1) * 0.25), fill=(205, 145, 65), outline=(140, 85, 30))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(4, 6), cx + R * 0.12, cy - R * 0.12, R * 0.3), R * 0.13)
+    for x, y in _scatter(rng, 10, cx, cy, R * 0.5):
+        draw.point((x, y), fill=_WHITE)  # powdered sugar
+    return cx + R * 0.12, cy - R * 0.12, R * 0.4, R * 0.4
+
+
+def _pancakes(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy + R * 0.3, R * 0.95)
+    for k in range(5):
+        y = cy + R * 0.35 - k * R * 0.13
+        draw.ellipse(_box(cx, y, R * 0.7, R * 0.3), fill=(225, 175, 100), outline=(165, 110, 50), width=2)
+    top = cy + R * 0.35 - 4 * R * 0.13
+    draw.ellipse(_box(cx, top, R * 0.6, R * 0.22), fill=_base_colour(comp, (160, 90, 30), 0.5))
+    _toppings(draw, rng, comp, _scatter(rng, rng.randint(4, 5), cx, top, R * 0.45, R * 0.14), R * 0.12)
+    return cx, top, R * 0.55, R * 0.2
+
+
+def _tacos(draw, rng, comp, cx, cy, R) -> Ellipse:
+    for k in (-1, 0, 1):
+        x, y = cx + k * R * 0.6, cy + abs(k) * R * 0.1
+        draw.pieslice(_box(x, y, R * 0.42), 0, 180, fill=(235, 200, 100), outline=(190, 150, 60), width=2)
+        draw.rectangle((x - R * 0.38, y - R * 0.1, x + R * 0.38, y + R * 0.04), fill=_base_colour(comp, (90, 150, 60), 0.2))
+        _toppings(draw, rng, comp, [(x - R * 0.2, y - R * 0.08), (x + R * 0.2, y - R * 0.06)], R * 0.12)
+    return cx, cy, R * 0.9, R * 0.2
+
+
+def _burger(draw, rng, comp, cx, cy, R) -> Ellipse:
+    w = R * 0.85
+    draw.rounded_rectangle((cx - w, cy + R * 0.3, cx + w, cy + R * 0.55), radius=int(R * 0.1), fill=(210, 150, 70))
+    draw.rounded_rectangle((cx - w * 1.02, cy + R * 0.1, cx + w * 1.02, cy + R * 0.32), radius=int(R * 0.08), fill=(90, 50, 30))
+    draw.rectangle((cx - w, cy - R * 0.08, cx + w, cy + R * 0.12), fill=_base_colour(comp, _WHITE, 0.1))
+    _toppings(draw, rng, comp, [(cx + k * w * 0.4, cy + R * 0.02) for k in (-2, -1, 0, 1, 2)], R * 0.13)
+    draw.rectangle((cx - w * 1.05, cy - R * 0.16, cx + w * 1.05, cy - R * 0.08), fill=(110, 180, 60))
+    draw.pieslice((cx - w, cy - R * 0.85, cx + w, cy + R * 0.2), 180, 360, fill=(215, 145, 60), outline=(170, 100, 40))
+    for x, y in _scatter(rng, 10, cx, cy - R * 0.45, w * 0.65, R * 0.18):
+        draw.ellipse(_box(x, y, 2, 1.2), fill=(250, 240, 210))
+    return cx, cy, w, R * 0.15
+
+
+def _cookies(draw, rng, comp, cx, cy, R) -> Ellipse:
+    tray = rng.choice([(70, 70, 75), (235, 225, 200)])
+    draw.rectangle(_box(cx, cy, R * 1.05, R * 0.85), fill=tray)
+    dough = _mix((205, 155, 95), comp.ingredients[0].colour, 0.3)
+    spots = [(cx + dx * R * 0.6, cy + dy * R * 0.45) for dx in (-1, 0, 1) for dy in (-1, 1)]
+    for x, y in spots:
+        draw.ellipse(_box(x, y, R * 0.3), fill=dough, outline=_shade(dough, 0.75))
+        _toppings(draw, rng, comp, _scatter(rng, 2, x, y, R * 0.14), R * 0.09)
+    return cx, cy, R * 0.9, R * 0.7
+
+
+def _smoothie(draw, rng, comp, cx, cy, R) -> Ellipse:
+    top, bottom = cy - R * 0.9, cy + R * 0.9
+    glass = [(cx - R * 0.45, top), (cx + R * 0.45, top), (cx + R * 0.33, bottom), (cx - R * 0.33, bottom)]
+    draw.polygon(glass, fill=(225, 235, 240), outline=(170, 180, 190))
+    fill_top = top + R * 0.2
+    drink = _base_colour(comp, _WHITE, 0.2)
+    draw.polygon([(cx - R * 0.43, fill_top), (cx + R * 0.43, fill_top), (cx + R * 0.32, bottom - 3), (cx - R * 0.32, bottom - 3)], fill=drink)
+    draw.line([(cx + R * 0.1, fill_top + R * 0.3), (cx + R * 0.35, top - R * 0.4)], fill=(230, 60, 90), width=max(3, int(R * 0.07)))
+    _draw_topping(draw, rng, comp.ingredients[0], cx - R * 0.3, top - R * 0.02, R * 0.2)
+    if len(comp.ingredients) > 1:
+        _draw_topping(draw, rng, comp.ingredients[1], cx + R * 0.45, top + R * 0.05, R * 0.15)
+    return cx, (fill_top + bottom) / 2, R * 0.35, R * 0.6
+
+
+def _muffins(draw, rng, comp, cx, cy, R) -> Ellipse:
+    paper = rng.choice([(230, 120, 140), (120, 170, 220), (240, 240, 235)])
+    dome = _mix((200, 150, 90), comp.ingredients[0].colour, 0.4)
+    for k in (-1, 0, 1):
+        x = cx + k * R * 0.62
+        y = cy + (0.15 if k else -0.1) * R
+        draw.polygon([(x - R * 0.3, y), (x + R * 0.3, y), (x + R * 0.22, y + R * 0.45), (x - R * 0.22, y + R * 0.45)], fill=paper)
+        draw.pieslice(_box(x, y + R * 0.02, R * 0.36, R * 0.34), 180, 360, fill=dome, outline=_shade(dome, 0.75))
+        _toppings(draw, rng, comp, [(x - R * 0.1, y - R * 0.14), (x + R * 0.12, y - R * 0.1)], R * 0.1)
+    return cx, cy - R * 0.1, R * 0.9, R * 0.2
+
+
+def _skewers(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy, R)
+    other = comp.ingredients[1] if len(comp.ingredients) > 1 else Ingredient("pepper", (60, 150, 50), (40, 100, 30), "square", "")
+    for k in (-1, 0, 1):
+        offset = k * R * 0.35
+        ends = _rotated([(-R * 0.85, offset), (R * 0.85, offset)], cx, cy, -0.5)
+        draw.line(ends, fill=(190, 160, 110), width=2)
+        for j in range(5):
+            t = 0.15 + j * 0.175
+            x, y = ends[0][0] + (ends[1][0] - ends[0][0]) * t, ends[0][1] + (ends[1][1] - ends[0][1]) * t
+            ing = comp.ingredients[0] if j % 2 == 0 else other
+            draw.rectangle(_box(x, y, R * 0.1), fill=ing.colour, outline=_shade(ing.colour, 0.7))
+    return cx, cy, R * 0.7, R * 0.6
+
+
+def _sandwich(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy, R)
+    bread, crust = (240, 215, 165), (190, 135, 70)
+    filling = _base_colour(comp, _WHITE, 0.1)
+    for side in (-1, 1):
+        x = cx + side * R * 0.08
+        triangle = [(x, cy - R * 0.65), (x + side * R * 0.7, cy + R * 0.5), (x, cy + R * 0.5)]
+        draw.polygon(triangle, fill=bread, outline=crust, width=3)
+        draw.line([(x, cy - R * 0.6), (x, cy + R * 0.5)], fill=filling, width=max(4, int(R * 0.12)))
+        _toppings(draw, rng, comp, [(x + side * R * 0.25, cy + R * 0.15)], R * 0.13)
+    return cx, cy, R * 0.6, R * 0.5
+
+
+def _omelette(draw, rng, comp, cx, cy, R) -> Ellipse:
+    _plate(draw, rng, cx, cy, R)
+    draw.pieslice(_box(cx, cy - R * 0.15, R * 0.75, R * 0.6), 0, 180, fill=(250, 215, 90), outline=(215, 170, 50), width=2)
+    _toppings(draw, rng, comp, [(cx + k * R * 0.25, cy - R * 0.12) for k in (-2, -1, 0, 1, 2)], R * 0.12)
+    return cx, cy + R * 0.05, R * 0.6, R * 0.3
+
+
+def _icecream(draw, rng, comp, cx, cy, R) -> Ellipse:
+    cone = (210, 160, 90)
+    draw.polygon([(cx - R * 0.38, cy), (cx + R * 0.38, cy), (cx, cy + R * 0.95)], fill=cone, outline=(160, 110, 50))
+    for k in range(1, 4):
+        draw.line([(cx - R * 0.38 + k * R * 0.19, cy), (cx, cy + R * 0.95)], fill=(170, 120, 60), width=1)
+    scoop = _base_colour(comp, _WHITE, 0.3)
+    draw.ellipse(_box(cx, cy - R * 0.1, R * 0.45, R * 0.35), fill=scoop, outline=_shade(scoop, 0.85))
+    draw.ellipse(_box(cx, cy - R * 0.55, R * 0.4, R * 0.32), fill=scoop, outline=_shade(scoop, 0.85))
+    _toppings(draw, rng, comp, [(cx - R * 0.15, cy - R * 0.65), (cx + R * 0.18, cy - R * 0.5), (cx, cy - R * 0.2)], R * 0.12)
+    return cx, cy - R * 0.35, R * 0.4, R * 0.4
+
+
+def _bread(draw, rng, comp, cx, cy, R) -> Ellipse:
+    loaf = (185, 120, 55)
+    draw.rounded_rectangle(_box(cx - R * 0.15, cy, R * 0.75, R * 0.45), radius=int(R * 0.3), fill=loaf, outline=(130, 80, 30), width=2)
+    for k in (-1, 0, 1):
+        x = cx - R * 0.15 + k * R * 0.35
+        draw.line([(x - R * 0.1, cy - R * 0.3), (x + R * 0.1, cy + R * 0.3)], fill=(230, 190, 120), width=3)
+    crumb = _base_colour(comp, (245, 225, 185), 0.55)
+    draw.ellipse(_box(cx + R * 0.7, cy + R * 0.05, R * 0.32, R * 0.42), fill=crumb, outline=loaf, width=4)
+    _toppings(draw, rng, comp, _scatter(rng, 3, cx + R * 0.7, cy + R * 0.05, R * 0.15, R * 0.25), R * 0.1)
+    return cx, cy, R * 0.8, R * 0.4
+
+
+_DISH_RENDERERS: dict[str, Callable[..., Ellipse]] = {
+    "soup": _soup,
+    "curry": _curry,
+    "stew": _stew,
+    "salad": _salad,
+    "cake": _cake,
+    "pie": _pie,
+    "pizza": _pizza,
+    "pasta": _pasta,
+    "toast": _toast,
+    "pancakes": _pancakes,
+    "tacos": _tacos,
+    "burger": _burger,
+    "cookies": _cookies,
+    "smoothie": _smoothie,
+    "muffins": _muffins,
+    "skewers": _skewers,
+    "sandwich": _sandwich,
+    "omelette": _omelette,
+    "icecream": _icecream,
+    "bread": _bread,
+}
+
+
+def _draw_descriptor_cue(draw: ImageDraw.ImageDraw, rng: random.Random, descriptor: str, area: Ellipse) -> None:
+    """Visible cue of a descriptor (spicy: chili flecks; creamy: white swirl; …)."""
+    cx, cy, rx, ry = area
+    if descriptor == "Spicy":
+        for x, y in _scatter(rng, 14, cx, cy, rx, ry):
+            draw.ellipse(_box(x, y, 1.8), fill=(215, 20, 10))
+        x, y = _scatter(rng, 1, cx, cy, rx * 0.6, ry * 0.6)[0]
+        draw.line([(x, y), (x + rx * 0.35, y - ry * 0.15)], fill=(200, 15, 10), width=max(3, int(rx * 0.12)))
+    elif descriptor == "Creamy":
+        for k in range(3):
+            radius = (k + 1) * min(rx, ry) * 0.22
+            draw.arc(_box(cx, cy, radius), 20 * k, 20 * k + 300, fill=(252, 252, 245), width=3)
+    elif descriptor == "Cheesy":
+        for x, y in _scatter(rng, 5, cx, cy, rx, ry):
+            draw.ellipse(_box(x, y, rx * 0.16, ry * 0.12), fill=(255, 195, 40))
+    elif descriptor == "Herbed":
+        for x, y in _scatter(rng, 22, cx, cy, rx, ry):
+            draw.line([(x, y), (x + 2, y + 1)], fill=(50, 150, 40), width=2)
+    elif descriptor == "Grilled":
+        for k in range(-2, 3):
+            x = cx + k * rx * 0.3
+            draw.line([(x - rx * 0.2, cy - ry * 0.6), (x + rx * 0.2, cy + ry * 0.6)], fill=(55, 35, 20), width=3)
+    elif descriptor == "Glazed":
+        for x, y in _scatter(rng, 3, cx, cy, rx * 0.7, ry * 0.7):
+            draw.ellipse(_box(x, y, rx * 0.22, ry * 0.08), fill=(255, 250, 230))
+        draw.line(_scatter(rng, 5, cx, cy, rx, ry), fill=(150, 80, 20), width=2, joint="curve")
+
+
+# --------------------------------------------------------------------------- photos
+
+_TABLES: tuple[RGB, ...] = (
+    (150, 105, 65), (120, 80, 50), (200, 160, 115), (235, 235, 230), (215, 210, 200),
+    (70, 72, 78), (45, 45, 50), (190, 210, 225), (205, 225, 200), (235, 215, 215),
+)
+
+
+def _background(rng: random.Random) -> Image.Image:
+    """A table: wood grain, a check cloth or a plain surface, sometimes cutlery."""
+    table = rng.choice(_TABLES)
+    image = Image.new("RGB", (_CANVAS, _CANVAS), table)
+    draw = ImageDraw.Draw(image)
+    style = rng.random()
+    if style < 0.35:
+        for y in range(0, _CANVAS, rng.randint(10, 22)):
+            draw.line([(0, y), (_CANVAS, y + rng.randint(-6, 6))], fill=_shade(table, 0.88), width=2)
+    elif style < 0.55:
+        cloth, step = rng.choice([(200, 40, 40), (40, 80, 160), (60, 120, 60)]), rng.randint(18, 30)
+        for k in range(0, _CANVAS, step * 2):
+            draw.rectangle((k, 0, k + step, _CANVAS), fill=_mix(table, cloth, 0.35))
+            draw.rectangle((0, k, _CANVAS, k + step), fill=_mix(table, cloth, 0.35))
+    if rng.random() < 0.5:
+        x = rng.choice((rng.uniform(8, 28), rng.uniform(228, 248)))
+        metal = (190, 192, 198)
+        draw.rounded_rectangle((x - 3, 40, x + 3, 216), radius=3, fill=metal)
+        draw.rectangle((x - 7, 40, x + 7, 70), fill=metal)
+    return image
+
+
+def _light_and_noise(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Uneven lighting, a colour cast and sensor noise, so no two photos match pixel for pixel."""
+    np_rng = np.random.default_rng(rng.getrandbits(64))
+    pixels = np.asarray(image, dtype=np.float32)
+    ramp = np.linspace(-1.0, 1.0, _CANVAS, dtype=np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    light = rng.uniform(0.8, 1.12) + rng.uniform(0.0, 0.18) * (
+        math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
+    )
+    cast = np.array([1 + rng.uniform(-0.06, 0.06), 1.0, 1 + rng.uniform(-0.06, 0.06)], dtype=np.float32)
+    noise = np_rng.normal(0.0, rng.uniform(2.0, 8.0), size=pixels.shape).astype(np.float32)
+    pixels = pixels * light[:, :, None] * cast + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def render_dish_picture(recipe: dict, position: int, seed: int, size: int = 512) -> Image.Image:
+    """The photo of ``recipe`` at ``position`` as an RGB PIL image of ``size`` x ``size``.
+
+    The dish (from the title) decides the layout and the ingredients the colours and
+    toppings; the recipe id fixes the dish's own look; the position decides the shot
+    (placement, scale, rotation, background, lighting, noise).
+    """
+    title = recipe.get("title_text_raw") or recipe.get("title_text_clean") or recipe.get("title") or ""
+    comp = dish_components(title)
+    dish_rng = random.Random(_stable_seed("dish", seed, recipe["id"]))
+    shot_rng = random.Random(_stable_seed("shot", seed, recipe["id"], position))
+
+    image = _background(shot_rng)
+    food = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
+    radius = _CANVAS * 0.36 * shot_rng.uniform(0.82, 1.08)
+    cx = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
+    cy = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
+    draw = ImageDraw.Draw(food)
+    area = _DISH_RENDERERS[comp.dish.layout](draw, dish_rng, comp, cx, cy, radius)
+    for descriptor in comp.descriptors:
+        _draw_descriptor_cue(draw, dish_rng, descriptor, area)
+    food = food.rotate(shot_rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, center=(cx, cy))
+    # A soft drop shadow in the dish's own outline.
+    shadow = food.getchannel("A").point(lambda alpha: alpha * 70 // 255)
+    image.paste((0, 0, 0), box=(4, 6), mask=shadow)
+    image.paste(food, mask=food)
+    image = _light_and_noise(image, shot_rng)
+    if size != _CANVAS:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return image
+
+
+def render_dish_image(recipe: dict, position: int, seed: int, size: int = 512) -> bytes:
+    """JPEG bytes (RGB, ``size`` x ``size``) of ``render_dish_picture``."""
+    buffer = io.BytesIO()
+    render_dish_picture(recipe, position, seed, size).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _trusted_images(recipes: list[dict], seed: int) -> Iterator[tuple[str, bytes]]:
+    for recipe in recipes:
+        for position in range(1, recipe["n_images"] + 1):
+            yield image_key(recipe, position), render_dish_image(recipe, position, seed)
+
+
+def synthetic_trusted_zone(n_recipes: int, seed: int) -> tuple[bytes, Iterator[tuple[str, bytes]]]:
+    """A whole synthetic trusted zone.
+
+    Returns the ``documents/recipes.jsonl`` bytes (one JSON object per line, UTF-8) and a
+    lazy iterator of ``(key, jpeg_bytes)`` with keys ``images/<slug>__<id>_<position>.jpg``,
+    positions 1..n_images.
+    """
+    recipes = generate_recipes(n_recipes, seed)
+    lines = (json.dumps(recipe, ensure_ascii=False) + "\n" for recipe in recipes)
+    return "".join(lines).encode("utf-8"), _trusted_images(recipes, seed)

@@ -211,14 +211,35 @@ def _failures_json(analyses: Mapping[str, FailureAnalysis]) -> dict[str, Any]:
     }
 
 
-def build_summary(
-    baseline: Mapping[str, Any],
-    runs: Mapping[str, RunArtifacts],
-    verdicts: Mapping[str, H1Verdict],
-    failures: Mapping[str, Mapping[str, FailureAnalysis]],
-    best_run: str | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Findings:
+    """Everything the report concludes, computed once and shared by the summary, markdown and figures."""
+
+    baseline: Mapping[str, Any]
+    runs: Mapping[str, RunArtifacts]
+    verdicts: Mapping[str, H1Verdict]
+    failures: Mapping[str, Mapping[str, FailureAnalysis]]
+    best_run: str | None
+
+
+def analyse(baseline: Mapping[str, Any], runs: Mapping[str, RunArtifacts]) -> Findings:
+    """H1 verdicts, failure cases per direction and the best run, for runs in key order."""
+    ordered = {key: runs[key] for key in sorted(runs)}
+    return Findings(
+        baseline=baseline,
+        runs=ordered,
+        verdicts={key: h1_verdict(run.results) for key, run in ordered.items()},
+        failures={
+            key: {direction: failure_analysis(baseline, run.results, direction) for direction in DIRECTIONS}
+            for key, run in ordered.items()
+        },
+        best_run=choose_best_run(ordered),
+    )
+
+
+def build_summary(findings: Findings) -> dict[str, Any]:
     """JSON-safe summary: per run the primary difference, its CI and the H1 verdict; the best run; counts."""
+    baseline, runs, verdicts = findings.baseline, findings.runs, findings.verdicts
     direction, metric = parse_metric_path(None)
     per_run = {}
     for key, run in runs.items():
@@ -231,7 +252,7 @@ def build_summary(
             "primary": _comparison_json(verdict.primary),
             "reason": verdict.reason,
             "test_set_mismatch": differing_test_set_counts(baseline, run.results),
-            "failure_cases": _failures_json(failures[key]),
+            "failure_cases": _failures_json(findings.failures[key]),
         }
     statuses = Counter(verdict.status for verdict in verdicts.values())
     return {
@@ -249,6 +270,6 @@ def build_summary(
         "n_not_supported": statuses[H1_NOT_SUPPORTED],
         "n_not_compared": statuses[H1_NOT_COMPARED],
         "h1_supported_by_any_run": statuses[H1_SUPPORTED] > 0,
-        "best_run": best_run,
+        "best_run": findings.best_run,
         "runs": per_run,
     }

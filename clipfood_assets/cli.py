@@ -1,0 +1,262 @@
+"""The `clipfood` command: synthetic trusted zone, offline base model, materialize, demo, UI, search."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from clipfood_assets.paths import EXPERIMENT_CONFIG, PROJECT_ROOT, STATE_DIR
+
+log = logging.getLogger("clipfood")
+
+DEFAULT_BASE_MODEL_DIR = STATE_DIR / "base-model"
+DEMO_RUN_CONFIG = PROJECT_ROOT / "configs" / "runs" / "demo.yaml"
+
+DAGSTER_YAML = """\
+# Written by `clipfood`: local run storage, and one training at a time per GPU pool.
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+class CliError(Exception):
+    """A one-line error for the user; no traceback."""
+
+
+def dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or STATE_DIR / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+# --- synth -------------------------------------------------------------------------------------
+
+
+def write_synthetic_zone(lake, n_recipes: int, seed: int, progress=None) -> dict:
+    from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_ZONE
+    from clipfood_assets.synthetic import synthetic_trusted_zone
+
+    recipes_jsonl, images = synthetic_trusted_zone(n_recipes, seed)
+    n_images = 0
+    for key, data in images:
+        lake.put_bytes(TRUSTED_ZONE, key, data, "image/jpeg")
+        n_images += 1
+        if progress and n_images % 100 == 0:
+            progress(n_images)
+    # recipes.jsonl last: a reader that sees it sees every image it names.
+    lake.put_bytes(TRUSTED_ZONE, RECIPES_KEY, recipes_jsonl, "application/x-ndjson")
+    return {"recipes": n_recipes, "images": n_images, "uri": lake.uri(TRUSTED_ZONE)}
+
+
+def cmd_synth(args) -> None:
+    from clipfood_assets.lake import lake_from_env
+
+    if args.recipes < 2:
+        raise CliError("--recipes must be at least 2 (the split needs a train and a test recipe)")
+    lake = lake_from_env()
+    summary = write_synthetic_zone(lake, args.recipes, args.seed, lambda n: log.info("wrote %d images", n))
+    print(f"synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images -> {summary['uri']}")
+
+
+# --- base-model ----------------------------------------------------------------------------------
+
+
+def cmd_base_model(args) -> None:
+    from clipfood_assets.modeling.base_model import build_base_model
+
+    out = Path(args.out).resolve()
+    kwargs = {"seed": args.seed}
+    if args.pretrain_steps is not None:
+        kwargs["pretrain_steps"] = args.pretrain_steps
+    start = time.perf_counter()
+    build_base_model(out, **kwargs)
+    print(f"offline base model -> {out} ({time.perf_counter() - start:.0f} s)")
+
+
+# --- materialize ---------------------------------------------------------------------------------
+
+
+def _run_job(defs, instance, name: str, **kwargs) -> None:
+    job = defs.resolve_job_def(name)
+    log.info("running job %s %s", name, kwargs.get("partition_key") or "")
+    result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+    if not result.success:
+        failures = [e.message for e in result.all_events if e.is_failure]
+        raise CliError(f"job {name} failed: {failures[-1] if failures else 'see the Dagster logs'}")
+
+
+def materialize(run_key: str | None = None, run_config: Path | None = None, base_model: str = "", instance=None,
+                lake_dir: str | None = None) -> dict:
+    """Materialize the whole asset graph; with a run key, register the run and train it too."""
+    import dagster as dg
+
+    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.defs.model_zone.partitions import experiment_runs
+    from clipfood_assets.lake import lake_from_env
+    from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
+    from clipfood_assets.modeling.runs import register_run
+
+    if instance is None:
+        dagster_home()
+        instance = dg.DagsterInstance.get()
+    defs = build_definitions(base_model=base_model, lake_dir=lake_dir)
+    env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
+    lake = lake_from_env(env)
+    if run_key is not None:
+        validate_run_key(run_key)
+        overrides = yaml.safe_load(Path(run_config).read_text()) if run_config else {}
+        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides or {})
+        instance.add_dynamic_partitions(experiment_runs.name, [run_key])
+    _run_job(defs, instance, "refresh_from_trusted_zone")
+    if run_key is not None:
+        _run_job(defs, instance, "train_and_evaluate_run", partition_key=run_key)
+    _run_job(defs, instance, "rebuild_report")
+    return {"fine_tuning_zone": lake.uri(FINE_TUNING_ZONE)}
+
+
+def cmd_materialize(args) -> None:
+    if args.config and not args.run:
+        raise CliError("--config needs --run KEY (the experiment run it configures)")
+    if args.config and not Path(args.config).is_file():
+        raise CliError(f"no such config file: {args.config}")
+    out = materialize(args.run, Path(args.config) if args.config else None, base_model=args.base_model or "")
+    print(f"materialized; results in {out['fine_tuning_zone']}")
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> None:
+    from clipfood_assets.lake import lake_from_env
+    from clipfood_assets.lake.artifacts import read_bundle
+    from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_prefix
+
+    start = time.perf_counter()
+    lake = lake_from_env()
+    summary = write_synthetic_zone(lake, args.recipes, args.seed)
+    print(f"[1/3] synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images")
+    base = Path(args.base_model_dir).resolve()
+    if not (base / "config.json").exists():
+        from clipfood_assets.modeling.base_model import build_base_model
+
+        build_base_model(base, seed=0)
+    print(f"[2/3] offline base model: {base}")
+    materialize(args.run, DEMO_RUN_CONFIG, base_model=str(base))
+    print(f"[3/3] every asset materialized ({time.perf_counter() - start:.0f} s)")
+    results = read_bundle(lake, FINE_TUNING_ZONE, run_prefix(args.run), "lora_results").read("results_lora.json")
+    comparison = results["comparison_to_baseline"]["text_to_image"]["R@1"]
+    print(
+        f"text->image R@1 on unseen recipes: M0 {comparison['m0']:.3f} -> M1 {comparison['m1']:.3f} "
+        f"(diff {comparison['diff']:+.3f}, 95% CI [{comparison['ci'][0]:+.3f}, {comparison['ci'][1]:+.3f}])"
+    )
+    print(f"results: {lake.uri(FINE_TUNING_ZONE, run_prefix(args.run))}")
+    print(f"report:  {lake.uri(FINE_TUNING_ZONE, REPORT_PREFIX + 'report.md')}")
+    print("UI:      clipfood dev   (then open http://127.0.0.1:3000)")
+
+
+# --- dev -----------------------------------------------------------------------------------------
+
+
+def cmd_dev(args) -> None:
+    home = dagster_home()
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+           "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})")
+    raise SystemExit(subprocess.call(cmd, cwd=PROJECT_ROOT))
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def cmd_search(args) -> None:
+    from clipfood_assets.lake import lake_from_env
+    from clipfood_assets.modeling.search import open_run_searcher
+
+    if not args.query and not args.image:
+        raise CliError("give a text query or --image PATH")
+    if args.image and not Path(args.image).is_file():
+        raise CliError(f"no such image: {args.image}")
+    searcher = open_run_searcher(lake_from_env(), args.run)
+    if args.image:
+        hits = searcher.captions_for_image(Path(args.image).read_bytes(), k=args.k)
+        for i, hit in enumerate(hits, 1):
+            print(f"{i}. {hit['score']:.3f}  {hit['caption']}  (recipe {hit['recipe_id']})")
+    else:
+        hits = searcher.images_for_text(args.query, k=args.k)
+        for i, hit in enumerate(hits, 1):
+            print(f"{i}. {hit['score']:.3f}  {hit['image_key']}  {hit['caption']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipfood", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic trusted zone into the configured lake")
+    p.add_argument("--recipes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("base-model", help="build the small offline CLIP (Hugging Face format)")
+    p.add_argument("--out", default=str(DEFAULT_BASE_MODEL_DIR))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.set_defaults(func=cmd_base_model)
+
+    p = sub.add_parser("materialize", help="materialize every asset; --run KEY adds and trains an experiment run")
+    p.add_argument("--run", default=None, help="experiment-run key (a partition)")
+    p.add_argument("--config", default=None, help="YAML overrides of configs/experiment_config.yaml for the run")
+    p.add_argument("--base-model", default=None, help="hub id or local folder (default: CLIPFOOD_BASE_MODEL / config)")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")
+    p.add_argument("--recipes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--run", default="demo")
+    p.add_argument("--base-model-dir", default=str(DEFAULT_BASE_MODEL_DIR))
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dev", help="start the Dagster UI on this project")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("search", help="retrieve images for a text (or captions for an image) with a run's model")
+    p.add_argument("query", nargs="?", default=None)
+    p.add_argument("--run", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--image", default=None)
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    from clipfood_assets.lake import LakeError
+
+    try:
+        args.func(args)
+    except (CliError, LakeError, ValueError, FileNotFoundError) as exc:
+        # Expected failures (bad arguments, bad config, unreachable lake) get one line, no traceback.
+        print(f"clipfood: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The data zone's work against the lake: read the trusted zone, copy images, render augmentations.
+
+Pure functions in trusted/pairs/augment do the logic; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from clipfood_assets.data.pairs import build_positive_pairs, split_by_recipe
+from clipfood_assets.data.quarantine import QuarantineRecord, quarantine_frame
+from clipfood_assets.data.trusted import parse_image_keys, parse_recipes, validate_image
+from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound
+from clipfood_assets.lake.layout import (
+    AUGMENTED_IMAGES_PREFIX,
+    FINE_TUNING_ZONE,
+    IMAGES_PREFIX,
+    RECIPES_KEY,
+    TRUSTED_IMAGES_PREFIX,
+    TRUSTED_ZONE,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PositivePairs:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    quarantine: pd.DataFrame
+    n_recipes_read: int
+    n_images_listed: int
+    exact_duplicate_recipes: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def _parallel(fn, items, workers: int, progress: Progress | None, every: int = 500):
+    """Map fn over items on a thread pool (object storage is I/O bound), reporting progress."""
+    results = []
+    total = len(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, result in enumerate(pool.map(fn, items), start=1):
+            results.append(result)
+            if progress and (i % every == 0 or i == total):
+                progress(i, total)
+    return results
+
+
+def read_positive_pairs(
+    lake: Lake,
+    *,
+    test_size: float = 0.2,
+    seed: int = 42,
+    min_caption_chars: int = 3,
+    max_caption_chars: int = 200,
+    max_image_pixels: int = 40_000_000,
+    workers: int = 16,
+    progress: Progress | None = None,
+) -> PositivePairs:
+    """Trusted zone -> positive pairs split by recipe; every bad record quarantined with its reason."""
+    try:
+        recipes, recipe_quarantine = parse_recipes(lake.iter_lines(TRUSTED_ZONE, RECIPES_KEY))
+    except ObjectNotFound:
+        raise LakeError(
+            f"the trusted zone has no {lake.uri(TRUSTED_ZONE, RECIPES_KEY)}; "
+            "write one (e.g. `clipfood synth`) before building pairs"
+        ) from None
+    keys = [obj.key for obj in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX) if obj.size >= 0]
+    images, key_quarantine = parse_image_keys(keys)
+
+    # Only images that could pair are downloaded to be checked: the rest is quarantined by key alone.
+    known = images[images["recipe_id"].isin(set(recipes["recipe_id"]))]
+
+    def check(key: str) -> QuarantineRecord | None:
+        try:
+            return validate_image(key, lake.get_bytes(TRUSTED_ZONE, key), max_pixels=max_image_pixels)
+        except ObjectNotFound:
+            return QuarantineRecord(key, "missing_image", "listed but gone when read")
+
+    verdicts = _parallel(check, known["image_key"].tolist(), workers, progress)
+    image_quarantine = [v for v in verdicts if v is not None]
+    bad = {q.source for q in image_quarantine}
+    images = images[~images["image_key"].isin(bad)]
+
+    pairs, pair_quarantine = build_positive_pairs(
+        recipes, images, min_caption_chars=min_caption_chars, max_caption_chars=max_caption_chars
+    )
+    train, test = split_by_recipe(pairs, test_size=test_size, seed=seed)
+    quarantine = quarantine_frame([*recipe_quarantine, *key_quarantine, *image_quarantine, *pair_quarantine])
+    return PositivePairs(
+        train=train.reset_index(drop=True),
+        test=test.reset_index(drop=True),
+        quarantine=quarantine,
+        n_recipes_read=len(recipes),
+        n_images_listed=len(keys),
+        exact_duplicate_recipes=int(recipes.attrs.get("exact_duplicates", 0)),
+    )
+
+
+@dataclass
+class CopyStats:
+    copied: int
+    skipped: int
+    deleted: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.copied + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+
+def copy_images(
+    lake: Lake, image_keys: list[str], *, workers: int = 16, progress: Progress | None = None
+) -> CopyStats:
+    """Mirror the paired images into the fine-tuning zone with server-side copies.
+
+    Unchanged objects (same ETag on both sides) are skipped, and images no longer paired are
+    removed, so the zone always holds exactly the images the CSVs name.
+    """
+    start = time.perf_counter()
+    wanted = sorted(set(image_keys))
+    source = {o.key: o.etag for o in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)}
+    present = {o.key: o.etag for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
+    missing = [k for k in wanted if k not in source]
+    if missing:
+        raise LakeError(f"{len(missing)} paired images are not in the trusted zone, e.g. {missing[:3]}")
+    todo = [k for k in wanted if present.get(k) != source[k]]
+    _parallel(lambda k: lake.copy(TRUSTED_ZONE, k, FINE_TUNING_ZONE, k), todo, workers, progress)
+    stale = sorted(set(present) - set(wanted))
+    _parallel(lambda k: lake.delete(FINE_TUNING_ZONE, k), stale, workers, None)
+    return CopyStats(len(todo), len(wanted) - len(todo), len(stale), time.perf_counter() - start)
+
+
+def remove_stale_augmented_images(lake: Lake, keep: set[str], workers: int = 16) -> int:
+    stale = [o.key for o in lake.list(FINE_TUNING_ZONE, AUGMENTED_IMAGES_PREFIX) if o.key not in keep]
+    _parallel(lambda k: lake.delete(FINE_TUNING_ZONE, k), stale, workers, None)
+    return len(stale)
+
+
+def augment_training_pairs(
+    lake: Lake, train_pairs: pd.DataFrame, cfg, *, workers: int = 2, progress: Progress | None = None
+) -> pd.DataFrame:
+    """Render the planned image variants into augmented_images/ and label the pairs (with negatives)."""
+    from clipfood_assets.data.augment import build_augmented_pairs, plan_augmentations, render_all
+
+    plan = plan_augmentations(train_pairs, cfg)
+    rendered = render_all(
+        plan,
+        read=lambda key: lake.get_bytes(FINE_TUNING_ZONE, key),
+        write=lambda key, data: lake.put_bytes(FINE_TUNING_ZONE, key, data, "image/jpeg"),
+        workers=workers,
+        progress=progress,
+    )
+    remove_stale_augmented_images(lake, set(plan["image_key"]))
+    return build_augmented_pairs(train_pairs, rendered, cfg)

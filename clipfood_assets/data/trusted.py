@@ -1,0 +1,355 @@
+"""Reading the trusted zone: recipes.jsonl, image keys and image bytes.
+
+Everything here is defensive: the trusted zone is written by another team and may
+contain anything. Bad inputs become :class:`QuarantineRecord` s with a stable reason,
+good inputs become tidy DataFrames. Nothing here talks to storage; callers stream bytes in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from io import BytesIO
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipfood_assets.data.quarantine import QuarantineRecord
+
+log = logging.getLogger(__name__)
+
+RECIPES_KEY = "documents/recipes.jsonl"
+IMAGES_PREFIX = "images/"
+TITLE_FIELDS = ("title_text_raw", "title_text_clean", "title")
+DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Decoders we let PIL use. Restricting them keeps exotic plugins (EPS calls Ghostscript,
+# for instance) away from untrusted bytes; the trusted zone only promises JPEG/PNG.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+_DETAIL_CHARS = 200
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def normalize_caption(text: str) -> str:
+    """Collapse whitespace (and control characters) to single spaces and strip."""
+    return " ".join(_CONTROL_CHARS.sub(" ", text).split())
+
+
+# ---------------------------------------------------------------------------
+# recipes.jsonl
+# ---------------------------------------------------------------------------
+
+
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int = 1_000_000) -> Iterator[bytes]:
+    """Split a byte stream (e.g. ``response.stream(64 * 1024)``) into lines, bounded in memory.
+
+    A line longer than ``max_line_bytes`` is yielded cut to ``max_line_bytes + 1`` bytes (the
+    rest is skipped unread into memory), so :func:`parse_recipes` quarantines it as
+    ``line_too_long`` without ever holding a multi-gigabyte line.
+    """
+    buf = bytearray()
+    overflow = False
+    for chunk in chunks:
+        start = 0
+        while True:
+            newline = chunk.find(b"\n", start)
+            piece = chunk[start:] if newline < 0 else chunk[start:newline]
+            if not overflow:
+                buf += piece
+                if len(buf) > max_line_bytes:
+                    del buf[max_line_bytes + 1 :]
+                    overflow = True
+            if newline < 0:
+                break
+            yield bytes(buf)
+            buf.clear()
+            overflow = False
+            start = newline + 1
+    if buf:
+        yield bytes(buf)
+
+
+def _line_source(source: str, line_no: int) -> str:
+    return f"{source}:line {line_no}"
+
+
+def _coerce_id(raw: object) -> tuple[str | None, str, str]:
+    """Return (recipe_id, reason, detail); recipe_id is None when the id is rejected."""
+    if raw is None:
+        return None, "missing_id", "no 'id' field (or null)"
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        return None, "bad_id_type", f"id has type {type(raw).__name__}: {_clip(repr(raw), 80)}"
+    recipe_id = str(raw)
+    if not recipe_id:
+        return None, "missing_id", "empty id"
+    # Image keys spell the id as ``__<id>_<n>``; an id with '/', '__', control characters or
+    # surrounding blanks could never be matched (or would be ambiguous), so it is rejected here.
+    if (
+        "/" in recipe_id
+        or "__" in recipe_id
+        or _CONTROL_CHARS.search(recipe_id)
+        or recipe_id != recipe_id.strip()
+    ):
+        return None, "bad_id_value", f"id cannot appear in an image key: {_clip(repr(recipe_id), 80)}"
+    return recipe_id, "", ""
+
+
+def _first_title(obj: dict) -> str | None:
+    for field in TITLE_FIELDS:
+        value = obj.get(field)
+        if isinstance(value, str):
+            title = normalize_caption(value)
+            if title:
+                return title
+    return None
+
+
+def _parse_line(raw: bytes, line_no: int, max_line_bytes: int) -> tuple[str, str] | tuple[None, str, str]:
+    """Parse one non-blank line: (recipe_id, caption) or (None, reason, detail)."""
+    if len(raw) > max_line_bytes:
+        return None, "line_too_long", f"line has more than {max_line_bytes} bytes"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, "not_utf8", _clip(str(exc))
+    text = text.lstrip("\ufeff")  # a UTF-8 BOM (usually on line 1) is not part of the JSON
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return None, "malformed_json", _clip(f"{type(exc).__name__}: {exc}")
+    if not isinstance(obj, dict):
+        return None, "not_an_object", f"JSON {type(obj).__name__}, expected an object"
+    recipe_id, reason, detail = _coerce_id(obj.get("id"))
+    if recipe_id is None:
+        return None, reason, detail
+    caption = _first_title(obj)
+    if caption is None:
+        return None, "missing_title", f"id {_clip(recipe_id, 80)!r}: none of {', '.join(TITLE_FIELDS)} is a non-empty string"
+    return recipe_id, caption
+
+
+def parse_recipes(
+    lines: Iterable[bytes],
+    max_line_bytes: int = 1_000_000,
+    source: str = RECIPES_KEY,
+) -> tuple[pd.DataFrame, list[QuarantineRecord]]:
+    """Parse recipes.jsonl lines (raw bytes, streamed) into ``recipe_id, caption``.
+
+    caption is the first non-empty of title_text_raw / title_text_clean / title, whitespace
+    normalized. Integer ids become strings. Unknown extra fields are ignored, not rejected.
+    Blank lines are skipped. Lines repeating an id with the same caption collapse to one row
+    (counted in ``df.attrs["exact_duplicates"]``); an id seen with different captions is
+    quarantined on every line (``conflicting_duplicate_id``): we cannot tell which is right.
+    Rows are sorted by recipe_id. ``df.attrs`` also holds ``lines_read`` (non-blank lines).
+    """
+    ids: list[str] = []
+    captions: list[str] = []
+    line_nos: list[int] = []
+    rejected: list[tuple[int, QuarantineRecord]] = []
+    lines_read = 0
+    for line_no, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        lines_read += 1
+        parsed = _parse_line(raw, line_no, max_line_bytes)
+        if parsed[0] is None:
+            rejected.append((line_no, QuarantineRecord(_line_source(source, line_no), parsed[1], parsed[2])))
+            continue
+        ids.append(parsed[0])
+        captions.append(parsed[1])
+        line_nos.append(line_no)
+
+    rows = pd.DataFrame({"recipe_id": ids, "caption": captions, "line": line_nos}, columns=["recipe_id", "caption", "line"])
+    rows = rows.astype({"recipe_id": "str", "caption": "str", "line": "int64"})
+    distinct = rows.drop_duplicates(["recipe_id", "caption"])
+    captions_per_id = distinct.groupby("recipe_id", sort=False)["caption"].size()
+    conflicting_ids = captions_per_id.index[captions_per_id > 1]
+    is_conflict = rows["recipe_id"].isin(conflicting_ids)
+    if is_conflict.any():
+        conflicts = rows[is_conflict]
+        lines_by_id = conflicts.groupby("recipe_id")["line"].apply(list).to_dict()
+        for rec in conflicts.itertuples(index=False):
+            other = [n for n in lines_by_id[rec.recipe_id] if n != rec.line]
+            detail = _clip(f"id {rec.recipe_id!r} also on line(s) {other} with a different title; caption here: {rec.caption!r}")
+            rejected.append((rec.line, QuarantineRecord(_line_source(source, rec.line), "conflicting_duplicate_id", detail)))
+
+    kept = rows[~is_conflict]
+    recipes = kept.drop_duplicates("recipe_id", keep="first")
+    recipes = recipes.sort_values("recipe_id", kind="stable").reset_index(drop=True)[["recipe_id", "caption"]]
+    recipes.attrs["exact_duplicates"] = int(len(kept) - len(recipes))
+    recipes.attrs["lines_read"] = lines_read
+    rejected.sort(key=lambda item: item[0])
+    log.info(
+        "parsed %d recipes from %d lines (%d quarantined, %d exact duplicates)",
+        len(recipes), lines_read, len(rejected), recipes.attrs["exact_duplicates"],
+    )
+    return recipes, [record for _, record in rejected]
+
+
+# ---------------------------------------------------------------------------
+# image keys
+# ---------------------------------------------------------------------------
+
+# One key segment: no '/', no backslash, no control characters.
+_SEG = r"[^/\x00-\x1f\x7f\\]"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]|^/|//|(?:^|/)\.\.?(?:/|\Z)")
+
+
+def _good_key_pattern(prefix: str, extensions: tuple[str, ...]) -> str:
+    exts = "|".join(re.escape(ext.lower().lstrip(".")) for ext in extensions)
+    # Folders are allowed but not '.'/'..'; the recipe id is everything between the LAST '__'
+    # and the final '_<digits>.<ext>' (greedy stem, lazy id, anchored end: unambiguous).
+    return (
+        rf"^{re.escape(prefix)}(?:(?!\.\.?/){_SEG}+/)*{_SEG}*__"
+        rf"(?P<recipe_id>{_SEG}+?)_(?P<position>\d{{1,9}})\.(?i:{exts})\Z"
+    )
+
+
+def _classify_bad_keys(bad: pd.Series, prefix: str, extensions: tuple[str, ...]) -> list[QuarantineRecord]:
+    """Reason for each key that failed the fast good-key match (vectorized on the subset)."""
+    is_str = bad.map(lambda v: isinstance(v, str))
+    text = bad.where(is_str, "").astype(object)
+    unsafe = is_str & text.str.contains(_UNSAFE, regex=True).fillna(False).astype(bool)
+    basename = text.str.rsplit("/", n=1).str[-1]
+    suffix = basename.str.extract(r"(\.[^.]*)\Z", expand=False).fillna("").str.lower()
+    allowed = {ext.lower() for ext in extensions}
+    bad_ext = is_str & ~unsafe & ~suffix.isin(allowed)
+    reasons = np.select(
+        [~is_str, unsafe, bad_ext], ["unparseable_key", "unsafe_key", "bad_extension"], default="unparseable_key"
+    )
+    details = {
+        "unsafe_key": "key has '..' or '.' segments, an absolute path, '//', a backslash or control characters",
+        "bad_extension": f"extension not in {sorted(allowed)}",
+        "unparseable_key": f"expected {prefix}<name>__<recipeId>_<position>.<ext>",
+    }
+    sources = [v if isinstance(v, str) else repr(v) for v in bad.tolist()]
+    # repr() keeps control characters visible (and out of logs/CSVs as raw bytes).
+    sources = [repr(s)[1:-1] if _CONTROL_CHARS.search(s) else s for s in sources]
+    return [QuarantineRecord(src, reason, details[reason]) for src, reason in zip(sources, reasons.tolist())]
+
+
+def parse_image_keys(
+    keys: Iterable[str],
+    allowed_extensions: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS,
+    prefix: str = IMAGES_PREFIX,
+) -> tuple[pd.DataFrame, list[QuarantineRecord]]:
+    """Parse trusted-zone image keys ``images/<anything>__<recipeId>_<position>.<ext>``.
+
+    Vectorized: one anchored regex extraction over all keys (the fast path); only keys that
+    fail it are classified further (``unsafe_key``, ``bad_extension``, ``unparseable_key``).
+    Returns ``image_key, recipe_id, position`` in input order (repeated keys kept once,
+    counted in ``df.attrs["duplicate_keys"]``). Extensions match case-insensitively.
+    """
+    series = keys if isinstance(keys, pd.Series) else pd.Series(list(keys), dtype=object)
+    series = series.astype(object).reset_index(drop=True)
+    n_input = len(series)
+    series = series.drop_duplicates()
+    extracted = series.str.extract(_good_key_pattern(prefix, tuple(allowed_extensions)))
+    good = extracted["recipe_id"].notna()
+    records = _classify_bad_keys(series[~good], prefix, tuple(allowed_extensions)) if (~good).any() else []
+    images = pd.DataFrame(
+        {
+            "image_key": series[good].astype("str").to_numpy(),
+            "recipe_id": extracted.loc[good, "recipe_id"].astype("str").to_numpy(),
+            "position": extracted.loc[good, "position"].astype("int64").to_numpy(),
+        }
+    )
+    images.attrs["duplicate_keys"] = int(n_input - len(series))
+    log.info("parsed %d image keys (%d quarantined)", len(images), len(records))
+    return images, records
+
+
+# ---------------------------------------------------------------------------
+# image bytes
+# ---------------------------------------------------------------------------
+
+
+class ImageTooLarge(ValueError):
+    """Declared pixel count above the explicit decompression-bomb limit."""
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and enforce our own pixel limit before anything is decoded."""
+    image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+    return image
+
+
+def validate_image(
+    key: str, data: bytes, max_pixels: int = 40_000_000, min_side: int = 8
+) -> QuarantineRecord | None:
+    """Return a QuarantineRecord if ``data`` is not a usable image, else None.
+
+    Checks: empty bytes, not an image (or a format outside JPEG/PNG/WEBP), declared size over
+    ``max_pixels`` (checked from the header, before decoding, so bombs are never allocated),
+    a side under ``min_side``, and full decode (``verify`` + ``load``) for truncation/corruption.
+    Alpha, palette, CMYK, 16-bit, grayscale and EXIF-rotated images are valid; see load_rgb.
+    """
+    if not data:
+        return QuarantineRecord(key, "empty_image", "zero bytes")
+    try:
+        # PIL's own bomb check runs at open(); make its warning an error too. The effective limit
+        # is min(max_pixels, PIL's threshold); our default (40 MP) is below PIL's (89 MP).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open_checked(data, max_pixels) as image:
+                width, height = image.size
+                if min(width, height) < min_side:
+                    return QuarantineRecord(key, "image_too_small", f"{width}x{height}, min side {min_side}")
+                image.verify()  # structure and checksums; the object is unusable afterwards
+            with _open_checked(data, max_pixels) as image:
+                image.load()  # full decode: catches truncated data that verify() misses
+    except (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return QuarantineRecord(key, "image_too_large", _clip(str(exc)))
+    except UnidentifiedImageError as exc:
+        return QuarantineRecord(key, "not_an_image", _clip(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes means corrupt
+        return QuarantineRecord(key, "corrupt_image", _clip(f"{type(exc).__name__}: {exc}"))
+    return None
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16/32-bit grayscale: PIL's convert() would clip at 255 (all white); scale instead.
+        array = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if image.mode.startswith("I") else (1 / 255 if array.max(initial=0) <= 1 else 1.0)
+        gray = np.clip(np.rint(array / scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Decode image bytes to an upright 8-bit RGB image.
+
+    Applies the EXIF orientation, converts any mode to RGB (alpha over white, 16-bit scaled)
+    and enforces the same explicit pixel limit as validate_image (raises ValueError).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _open_checked(data, max_pixels) as image:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+    return to_rgb(upright)

@@ -1,0 +1,170 @@
+"""Data zone: positive pairs split by recipe, images copied, augmented pairs with labelled negatives."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from clipfood_assets.data.augment_config import load_augmentation_config
+from clipfood_assets.data.prepare import augment_training_pairs, copy_images, read_positive_pairs
+from clipfood_assets.defs.io_manager import zone_object
+from clipfood_assets.defs.meta import OWNERS, counts, preview
+from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
+from clipfood_assets.lake.layout import (
+    AUGMENTED_IMAGES_PREFIX,
+    AUGMENTED_PAIRS_KEY,
+    FINE_TUNING_ZONE,
+    IMAGES_PREFIX,
+    QUARANTINE_KEY,
+    TEST_PAIRS_KEY,
+    TRAIN_PAIRS_KEY,
+)
+
+GROUP = "data_zone"
+CODE_VERSION = "1"
+
+
+class PairingConfig(dg.Config):
+    test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction of recipes held out for testing.")
+    seed: int = Field(default=42, description="Seed of the recipe-level split.")
+    min_caption_chars: int = 3
+    max_caption_chars: int = 200
+
+
+def _progress(context, what: str):
+    return lambda done, total: context.log.info(f"{what}: {done}/{total}")
+
+
+@dg.multi_asset(
+    outs={
+        "train_pairs_positive": dg.AssetOut(
+            description="Training pairs (recipe_id, image_key, caption): every trusted image paired with its "
+            "recipe's title, 80 % of recipes.",
+            metadata=zone_object(TRAIN_PAIRS_KEY),
+            kinds={"pandas", "csv", "s3"},
+            owners=OWNERS,
+            code_version=CODE_VERSION,
+        ),
+        "test_pairs_positive": dg.AssetOut(
+            description="Held-out pairs of the other 20 % of recipes (no recipe on both sides). M0 and every M1 "
+            "are evaluated on exactly these.",
+            metadata=zone_object(TEST_PAIRS_KEY),
+            kinds={"pandas", "csv", "s3"},
+            owners=OWNERS,
+            code_version=CODE_VERSION,
+        ),
+        "pairing_quarantine": dg.AssetOut(
+            description="Every trusted-zone record that could not be paired, with the reason (malformed JSON, "
+            "unknown recipe, corrupt image, unsafe key…). Nothing is dropped silently.",
+            metadata=zone_object(QUARANTINE_KEY),
+            kinds={"pandas", "csv", "s3"},
+            owners=OWNERS,
+            code_version=CODE_VERSION,
+        ),
+    },
+    deps=["trusted_recipes", "trusted_images"],
+    group_name=GROUP,
+)
+def positive_pairs(
+    context: dg.AssetExecutionContext,
+    config: PairingConfig,
+    lake: LakeResource,
+    compute: ComputeResource,
+):
+    result = read_positive_pairs(
+        lake.get_lake(),
+        test_size=config.test_size,
+        seed=config.seed,
+        min_caption_chars=config.min_caption_chars,
+        max_caption_chars=config.max_caption_chars,
+        workers=compute.io_workers,
+        progress=_progress(context, "images checked"),
+    )
+    by_reason = result.quarantine["reason"].value_counts().to_dict() if len(result.quarantine) else {}
+    if len(result.quarantine):
+        context.log.warning(f"quarantined {len(result.quarantine)} records: {by_reason}")
+    shared = {
+        "recipes read": result.n_recipes_read,
+        "images listed": result.n_images_listed,
+        "quarantined": len(result.quarantine),
+    }
+    yield dg.Output(result.train, "train_pairs_positive", metadata={**counts(result.train), **shared, "preview": preview(result.train)})
+    yield dg.Output(result.test, "test_pairs_positive", metadata={**counts(result.test), "preview": preview(result.test)})
+    yield dg.Output(
+        result.quarantine,
+        "pairing_quarantine",
+        metadata={
+            "quarantined": len(result.quarantine),
+            "by reason": dg.MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),
+            "exact duplicate recipe lines": result.exact_duplicate_recipes,
+            "preview": preview(result.quarantine, 10),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    description=f"The paired images mirrored into {FINE_TUNING_ZONE}/{IMAGES_PREFIX} with server-side copies; "
+    "unchanged images are skipped by ETag and unpaired ones removed.",
+    metadata={"zone": FINE_TUNING_ZONE, "zone_prefix": IMAGES_PREFIX},
+    kinds={"s3", "jpeg"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
+)
+def fine_tuning_images(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    compute: ComputeResource,
+    train_pairs_positive: pd.DataFrame,
+    test_pairs_positive: pd.DataFrame,
+) -> dg.MaterializeResult:
+    store = lake.get_lake()
+    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"]]).tolist()
+    stats = copy_images(store, keys, workers=compute.io_workers, progress=_progress(context, "images copied"))
+    return dg.MaterializeResult(
+        metadata={
+            "images": stats.copied + stats.skipped,
+            "copied": stats.copied,
+            "skipped (unchanged)": stats.skipped,
+            "removed (no longer paired)": stats.deleted,
+            "images/s": round(stats.images_per_s, 1),
+            "uri": dg.MetadataValue.path(store.uri(FINE_TUNING_ZONE, IMAGES_PREFIX)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[fine_tuning_images],
+    group_name=GROUP,
+    description="Training pairs with image and text augmentations and one labelled negative (label 0, a caption "
+    f"of another recipe) per positive; variants rendered to {AUGMENTED_IMAGES_PREFIX}. Test data never enters.",
+    metadata=zone_object(AUGMENTED_PAIRS_KEY),
+    kinds={"pandas", "csv", "s3", "pillow"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
+)
+def augmented_training_pairs(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    settings: ExperimentSettings,
+    train_pairs_positive: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    import os
+
+    cfg = load_augmentation_config(settings.augmentation_config_path())
+    pairs = augment_training_pairs(
+        lake.get_lake(), train_pairs_positive, cfg, workers=os.cpu_count() or 1,
+        progress=_progress(context, "images augmented"),
+    )
+    labels = pairs["label"].value_counts().to_dict()
+    return dg.Output(
+        pairs,
+        metadata={
+            **counts(pairs),
+            "positives": int(labels.get(1, 0)),
+            "negatives": int(labels.get(0, 0)),
+            "augmented images": int(pairs["image_key"].str.startswith(AUGMENTED_IMAGES_PREFIX).sum()),
+            "preview": preview(pairs, 8),
+        },
+    )

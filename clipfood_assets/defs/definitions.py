@@ -1,0 +1,48 @@
+"""Assets, checks, jobs, sensor and resources, assembled once."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from clipfood_assets.defs.data_zone.assets import augmented_training_pairs, fine_tuning_images, positive_pairs
+from clipfood_assets.defs.data_zone.checks import DATA_ZONE_CHECKS
+from clipfood_assets.defs.io_manager import ZoneIOManager
+from clipfood_assets.defs.jobs import JOBS
+from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapters, lora_results
+from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
+from clipfood_assets.defs.report.assets import comparison_report
+from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
+from clipfood_assets.defs.trusted_zone.assets import trusted_images, trusted_recipes
+from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor
+
+ASSETS = [
+    trusted_recipes,
+    trusted_images,
+    positive_pairs,
+    fine_tuning_images,
+    augmented_training_pairs,
+    baseline_results,
+    lora_adapters,
+    lora_results,
+    comparison_report,
+]
+
+
+def build_resources(lake_dir: str | None = None, base_model: str = "", device: str = "auto") -> dict:
+    lake = LakeResource(local_dir=lake_dir)
+    return {
+        "lake": lake,
+        "io_manager": ZoneIOManager(lake=lake),
+        "compute": ComputeResource(device=device),
+        "settings": ExperimentSettings(base_model=base_model),
+    }
+
+
+def build_definitions(**resource_overrides) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS],
+        jobs=JOBS,
+        sensors=[trusted_zone_sensor],
+        resources=build_resources(**resource_overrides),
+    )

@@ -1,0 +1,33 @@
+"""Small helpers that turn results into metadata the Dagster UI can show and plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+OWNERS = ["team:ml-platform"]
+
+
+def preview(df: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
+    return dg.MetadataValue.md(df.head(rows).to_markdown(index=False) if len(df) else "_empty_")
+
+
+def counts(df: pd.DataFrame) -> dict[str, Any]:
+    meta: dict[str, Any] = {"rows": len(df)}
+    if "recipe_id" in df:
+        meta["recipes"] = int(df["recipe_id"].nunique())
+    if "image_key" in df:
+        meta["images"] = int(df["image_key"].nunique())
+    return meta
+
+
+def metric_values(results: dict, prefix: str = "") -> dict[str, float]:
+    """Flatten {"metrics": {direction: {metric: value}}} into plottable floats, e.g. `t2i R@1`."""
+    short = {"text_to_image": "t2i", "image_to_text": "i2t"}
+    out = {}
+    for direction, metrics in results.get("metrics", {}).items():
+        for name, value in metrics.items():
+            out[f"{prefix}{short.get(direction, direction)} {name}"] = float(value)
+    return out

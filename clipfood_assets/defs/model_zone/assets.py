@@ -1,0 +1,263 @@
+"""Model zone: baseline CLIP (M0), LoRA adapters per experiment run, and their evaluation (M1)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import yaml
+from pydantic import Field
+
+from clipfood_assets.defs.io_manager import zone_artifact
+from clipfood_assets.defs.meta import OWNERS, metric_values
+from clipfood_assets.defs.model_zone.partitions import experiment_runs
+from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
+from clipfood_assets.lake.artifacts import Bundle, StoredBundle
+from clipfood_assets.lake.base import Lake
+from clipfood_assets.lake.layout import BASELINE_PREFIX, FINE_TUNING_ZONE, LORA_PREFIX, run_checkpoints_prefix
+from clipfood_assets.modeling.config import ExperimentConfig, load_experiment_config
+
+GROUP = "model_zone"
+RUN_PREFIX = LORA_PREFIX + "run_{run}/"
+
+
+def _image_loader(store: Lake):
+    return lambda key: store.get_bytes(FINE_TUNING_ZONE, key)
+
+
+def _eval_config(cfg: ExperimentConfig, compute: ComputeResource) -> ExperimentConfig:
+    if compute.eval_batch_size:
+        return cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"batch_size": compute.eval_batch_size})})
+    return cfg
+
+
+def _headline(results: dict) -> dict:
+    eff = results.get("efficiency", {})
+    return {
+        **metric_values(results),
+        "images/s": float(eff.get("images_per_s", 0.0)),
+        "texts/s": float(eff.get("texts_per_s", 0.0)),
+        "peak memory (MiB)": round(float(eff.get("peak_memory_bytes", 0)) / 2**20, 1),
+        "device": str(eff.get("device", "")),
+        "test recipes": int(results.get("n_recipes", 0)),
+        "test images": int(results.get("n_images", 0)),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["fine_tuning_images"],
+    metadata=zone_artifact(BASELINE_PREFIX),
+    description="M0: the base CLIP, not fine-tuned, evaluated on the held-out recipes (recipe-level retrieval "
+    "both ways, bootstrap CIs): results_baseline.json and examples_top5.json.",
+    kinds={"pytorch", "json", "s3"},
+    owners=OWNERS,
+    code_version="1",
+)
+def baseline_results(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    compute: ComputeResource,
+    settings: ExperimentSettings,
+    test_pairs_positive: pd.DataFrame,
+) -> dg.Output[Bundle]:
+    from clipfood_assets.modeling.clip import load_clip
+    from clipfood_assets.modeling.evaluate import evaluate_retrieval
+
+    cfg = load_experiment_config(settings.experiment_config_path())
+    base_model = settings.resolve_base_model(cfg.model.name)
+    device = compute.torch_device()
+    model, processor = load_clip(base_model, device)
+    results, examples = evaluate_retrieval(
+        model, processor, test_pairs_positive, _image_loader(lake.get_lake()),
+        cfg=_eval_config(cfg, compute), device=device, label="M0",
+    )
+    results["base_model"] = base_model
+    return dg.Output(
+        Bundle({"results_baseline.json": results, "examples_top5.json": examples}),
+        metadata={**_headline(results), "base model": base_model},
+    )
+
+
+class LoraRunConfig(dg.Config):
+    overrides_yaml: str = Field(
+        default="",
+        description="YAML merged over this run's stored config for this launch, e.g. 'training: {epochs: 5}'. "
+        "The resolved config is snapshotted to the run's config.yaml.",
+    )
+
+
+def _sync_checkpoint(store: Lake, run_key: str, path: Path, keep: int) -> None:
+    """Upload a checkpoint folder, its COMPLETE marker last, and drop older ones from the lake."""
+    prefix = run_checkpoints_prefix(run_key) + path.name + "/"
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.name == "COMPLETE"):
+        store.put_file(FINE_TUNING_ZONE, prefix + p.relative_to(path).as_posix(), p)
+    steps = sorted({o.key[len(run_checkpoints_prefix(run_key)):].split("/")[0]
+                    for o in store.list(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))},
+                   key=lambda s: int(s.split("_")[-1]) if s.split("_")[-1].isdigit() else -1)
+    for old in steps[:-keep]:
+        store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key) + old + "/")
+
+
+def _restore_checkpoints(store: Lake, run_key: str, checkpoints_dir: Path) -> int:
+    """Fetch the run's checkpoints from the lake; only complete ones count on resume."""
+    n = 0
+    prefix = run_checkpoints_prefix(run_key)
+    for obj in store.list(FINE_TUNING_ZONE, prefix):
+        store.get_file(FINE_TUNING_ZONE, obj.key, checkpoints_dir / obj.key[len(prefix):])
+        n += 1
+    return n
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=experiment_runs,
+    deps=["fine_tuning_images"],
+    pool="gpu",
+    metadata=zone_artifact(RUN_PREFIX),
+    description="M1 training for one experiment run: peft LoRA on both CLIP towers, contrastive loss over the whole "
+    "effective batch with same-recipe masking and the labelled negatives. Writes config.yaml (the resolved config), "
+    "adapters/ (safetensors) and training_logs.json; checkpoints in the lake let an interrupted run resume.",
+    kinds={"pytorch", "peft", "safetensors", "s3"},
+    owners=OWNERS,
+    code_version="1",
+)
+def lora_adapters(
+    context: dg.AssetExecutionContext,
+    config: LoraRunConfig,
+    lake: LakeResource,
+    compute: ComputeResource,
+    settings: ExperimentSettings,
+    augmented_training_pairs: pd.DataFrame,
+) -> dg.Output[Bundle]:
+    from clipfood_assets.modeling.config import config_to_yaml
+    from clipfood_assets.modeling.runs import read_run_overrides, resolve_run_config
+    from clipfood_assets.modeling.train import train_lora
+
+    run_key = context.partition_key
+    store = lake.get_lake()
+    base_cfg = load_experiment_config(settings.experiment_config_path())
+    cfg = resolve_run_config(
+        settings.experiment_config_path(),
+        read_run_overrides(store, run_key),
+        yaml.safe_load(config.overrides_yaml) or {} if config.overrides_yaml else {},
+        settings.resolve_base_model(base_cfg.model.name),
+    )
+    if compute.precision != "auto":
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"precision": compute.precision})})
+    device = compute.torch_device()
+    context.log.info(f"run {run_key} on {compute.describe()}:\n{config_to_yaml(cfg)}")
+
+    with tempfile.TemporaryDirectory(prefix=f"clipfood-run-{run_key}-") as tmp:
+        work_dir = Path(tmp)
+        restored = _restore_checkpoints(store, run_key, work_dir / "checkpoints")
+        if restored:
+            context.log.info(f"restored {restored} checkpoint files from the lake; resuming")
+        result = train_lora(
+            cfg.model.name,
+            augmented_training_pairs,
+            _image_loader(store),
+            cfg,
+            device=device,
+            work_dir=work_dir,
+            on_checkpoint=lambda path: _sync_checkpoint(store, run_key, path, cfg.training.keep_checkpoints),
+            log=lambda entry: context.log.info(str(entry)),
+        )
+        logs = result.training_logs
+        efficiency = {
+            "training_time_s": result.training_time_s,
+            "samples_per_s": result.samples_per_s,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "peak_memory_kind": result.peak_memory_kind,
+            "trainable_parameters": result.trainable_parameters,
+            "total_parameters": result.total_parameters,
+            "device": result.device,
+        }
+        logs["efficiency"] = efficiency
+        bundle = Bundle(
+            {
+                "config.yaml": yaml.safe_load(config_to_yaml(cfg)),
+                "training_logs.json": logs,
+                "adapters": result.adapter_dir,
+            }
+        )
+        output = dg.Output(
+            bundle,
+            metadata={
+                "final loss": float(logs["epochs"][-1]["avg_loss"]) if logs.get("epochs") else float("nan"),
+                "training time (s)": round(result.training_time_s, 2),
+                "pairs/s": round(result.samples_per_s, 1),
+                "trainable parameters": int(result.trainable_parameters),
+                "total parameters": int(result.total_parameters),
+                "peak memory (MiB)": round(result.peak_memory_bytes / 2**20, 1),
+                "negatives per pair": int(logs.get("negatives_per_pair", 0)),
+                "effective batch": int(logs.get("effective_batch_size", 0)),
+                "lora r": cfg.lora.r,
+                "device": result.device,
+                "loss curve": dg.MetadataValue.md(_loss_table(logs)),
+            },
+        )
+        # The manifest is written by the I/O manager inside this block, while the folder exists.
+        yield output
+    # A finished run needs no checkpoints: a re-run trains again (deterministically) from scratch.
+    store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
+
+
+def _loss_table(logs: dict) -> str:
+    rows = ["| epoch | avg loss | time (s) |", "|---|---|---|"]
+    rows += [f"| {e['epoch']} | {e['avg_loss']:.4f} | {e['time_s']:.1f} |" for e in logs.get("epochs", [])]
+    return "\n".join(rows)
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=experiment_runs,
+    metadata=zone_artifact(RUN_PREFIX),
+    description="M1 evaluation for one experiment run: the base model with the run's adapters merged, on the same "
+    "test pairs and protocol as M0, with paired-bootstrap CIs of M1−M0: results_lora.json and examples_top5.json.",
+    kinds={"pytorch", "json", "s3"},
+    owners=OWNERS,
+    code_version="1",
+)
+def lora_results(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    compute: ComputeResource,
+    lora_adapters: StoredBundle,
+    test_pairs_positive: pd.DataFrame,
+    baseline_results: StoredBundle,
+) -> dg.Output[Bundle]:
+    from clipfood_assets.modeling.evaluate import compare_to_baseline, evaluate_retrieval
+    from clipfood_assets.modeling.lora import load_adapted_model
+
+    cfg = ExperimentConfig.model_validate(lora_adapters.read("config.yaml"))
+    logs = lora_adapters.read("training_logs.json")
+    device = compute.torch_device()
+    with tempfile.TemporaryDirectory(prefix="clipfood-adapters-") as tmp:
+        adapter_dir = lora_adapters.download("adapters", Path(tmp) / "adapters")
+        model, processor = load_adapted_model(cfg.model.name, adapter_dir, device, merge=True)
+    results, examples = evaluate_retrieval(
+        model, processor, test_pairs_positive, _image_loader(lake.get_lake()),
+        cfg=_eval_config(cfg, compute), device=device, label="M1",
+    )
+    results["run_key"] = context.partition_key
+    results["base_model"] = cfg.model.name
+    results["efficiency"].update({k: v for k, v in logs.get("efficiency", {}).items() if k in (
+        "training_time_s", "trainable_parameters", "total_parameters")})
+    baseline = baseline_results.read("results_baseline.json")
+    comparison = compare_to_baseline(results, baseline, cfg)
+    results["comparison_to_baseline"] = comparison
+    primary = comparison["text_to_image"]["R@1"]
+    return dg.Output(
+        Bundle({"results_lora.json": results, "examples_top5.json": examples}),
+        metadata={
+            **_headline(results),
+            "t2i R@1 M1−M0": float(primary["diff"]),
+            "t2i R@1 M1−M0 CI low": float(primary["ci"][0]),
+            "t2i R@1 M1−M0 CI high": float(primary["ci"][1]),
+            "H1 supported": bool(comparison["h1_supported"]),
+        },
+    )

@@ -1,0 +1,59 @@
+"""The comparison report: M0 against every experiment run, with the seed's plots."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+
+from clipfood_assets.defs.io_manager import zone_artifact
+from clipfood_assets.defs.meta import OWNERS
+from clipfood_assets.defs.model_zone.partitions import experiment_runs
+from clipfood_assets.defs.resources import LakeResource
+from clipfood_assets.lake.artifacts import Bundle, IncompleteArtifact, StoredBundle, read_bundle
+from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_prefix
+
+
+@dg.asset(
+    group_name="report",
+    deps=["lora_results"],
+    metadata=zone_artifact(REPORT_PREFIX),
+    description="M0 vs every experiment run: report.md (H1 judged by the paired-bootstrap CI, not by point "
+    "estimates), learning curves, metric bars with CIs, efficiency, retrieval examples, failure cases.",
+    kinds={"matplotlib", "markdown", "s3"},
+    owners=OWNERS,
+    code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def comparison_report(
+    context: dg.AssetExecutionContext, lake: LakeResource, baseline_results: StoredBundle
+) -> dg.Output[Bundle]:
+    from clipfood_assets.reporting import RunArtifacts, build_comparison_report
+
+    store = lake.get_lake()
+    runs = {}
+    for run_key in sorted(context.instance.get_dynamic_partitions(experiment_runs.name)):
+        try:
+            adapters = read_bundle(store, FINE_TUNING_ZONE, run_prefix(run_key), "lora_adapters")
+            results = read_bundle(store, FINE_TUNING_ZONE, run_prefix(run_key), "lora_results")
+        except IncompleteArtifact as exc:
+            context.log.info(f"run {run_key} left out of the report: {exc}")
+            continue
+        runs[run_key] = RunArtifacts(
+            results=results.read("results_lora.json"),
+            examples=results.read("examples_top5.json"),
+            training_logs=adapters.read("training_logs.json"),
+            config=adapters.read("config.yaml"),
+        )
+    report = build_comparison_report(
+        baseline_results.read("results_baseline.json"),
+        baseline_results.read("examples_top5.json"),
+        runs,
+        load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key),
+    )
+    metadata = {"runs": len(runs), "report": dg.MetadataValue.md(report.markdown)}
+    if "metric_bars.png" in report.files:
+        b64 = base64.b64encode(report.files["metric_bars.png"]).decode()
+        metadata["metric bars"] = dg.MetadataValue.md(f"![metric bars](data:image/png;base64,{b64})")
+    metadata["summary"] = dg.MetadataValue.json(report.summary)
+    return dg.Output(Bundle(dict(report.files)), metadata=metadata)

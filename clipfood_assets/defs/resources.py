@@ -1,0 +1,73 @@
+"""Resources: the lake (MinIO or local), the compute device, and the experiment settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from clipfood_assets.lake import Lake, lake_from_env
+from clipfood_assets.paths import AUGMENTATION_CONFIG, EXPERIMENT_CONFIG, resolve_project_path
+
+
+class LakeResource(dg.ConfigurableResource):
+    """MinIO when MINIO_ENDPOINT is set in the environment, else the embedded local lake.
+
+    Credentials are read from the environment when the lake is opened and are never part
+    of the resource's config, so they never reach the UI, logs or metadata.
+    """
+
+    local_dir: str | None = Field(
+        default=None, description="Embedded lake folder (overrides CLIPFOOD_LAKE_DIR) when MinIO is not configured."
+    )
+
+    def get_lake(self) -> Lake:
+        env = dict(os.environ)
+        if self.local_dir:
+            env["CLIPFOOD_LAKE_DIR"] = self.local_dir
+        return lake_from_env(env)
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where training and evaluation run: CUDA when present, CPU otherwise."""
+
+    device: str = Field(default="auto", description="auto | cuda | mps | cpu")
+    precision: str = Field(default="auto", description="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+    eval_batch_size: int | None = Field(default=None, description="Overrides evaluation.batch_size when set.")
+    io_workers: int = Field(default=16, description="Parallel object-storage requests (copies, image reads).")
+
+    def torch_device(self):
+        from clipfood_assets.modeling.clip import resolve_device
+
+        return resolve_device(self.device)
+
+    def describe(self) -> str:
+        from clipfood_assets.modeling.clip import describe_device
+
+        return describe_device(self.torch_device())
+
+
+class ExperimentSettings(dg.ConfigurableResource):
+    """The platform-wide experiment defaults that every run starts from."""
+
+    experiment_config: str = Field(default=str(EXPERIMENT_CONFIG), description="Base experiment config (YAML).")
+    augmentation_config: str = Field(default=str(AUGMENTATION_CONFIG), description="Augmentation config (YAML).")
+    base_model: str = Field(
+        default="",
+        description="Base CLIP (hub id or local folder) shared by M0 and every M1 run; empty = model.name "
+        "from the experiment config. Set CLIPFOOD_BASE_MODEL to point at the offline base model.",
+    )
+
+    def experiment_config_path(self) -> Path:
+        return resolve_project_path(self.experiment_config)
+
+    def augmentation_config_path(self) -> Path:
+        return resolve_project_path(self.augmentation_config)
+
+    def resolve_base_model(self, configured: str) -> str:
+        """M0 and M1 must share one base model; a local folder is made absolute."""
+        name = self.base_model or os.environ.get("CLIPFOOD_BASE_MODEL", "") or configured
+        local = resolve_project_path(name)
+        return str(local) if local.exists() else name

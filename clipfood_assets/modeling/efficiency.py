@@ -1,0 +1,80 @@
+"""Efficiency measurement: peak memory, wall-clock timers, CPU thread configuration."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+def configure_cpu_threads(device: torch.device | str | None = None) -> int:
+    """Use every core this process may run on for torch's intra-op pool (CPU runs only).
+
+    Returns the thread count in effect.  On CUDA the host threads mostly wait, so it is left alone.
+    """
+    if device is not None and torch.device(device).type != "cpu":
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no sched_getaffinity
+        cores = os.cpu_count() or 1
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+    return cores
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window (CUDA only: the process RSS peak cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device | str) -> tuple[int, str]:
+    """(bytes, kind): CUDA max allocated since the last reset, else the process's peak RSS.
+
+    ``kind`` is ``"cuda_max_allocated"`` or ``"process_peak_rss"``; the latter covers the whole
+    process lifetime (model, data and Python), so compare it only between like runs.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    if device.type == "mps" and hasattr(torch, "mps"):
+        return int(torch.mps.driver_allocated_memory()), "mps_driver_allocated"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return int(peak if sys.platform == "darwin" else peak * 1024), "process_peak_rss"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued device work so that timings measure it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Timer:
+    """Accumulating wall-clock timer: ``with timer: ...`` adds the block's duration."""
+
+    device: torch.device | str | None = None
+    seconds: float = 0.0
+    _start: float = field(default=0.0, repr=False)
+
+    def __enter__(self) -> Timer:
+        if self.device is not None:
+            synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is not None:
+            synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
