@@ -122,3 +122,9 @@ def split_by_recipe(
     train, test = _tidy(pairs[~in_test]), _tidy(pairs[in_test])
     log.info("split %d recipes: %d train, %d test", len(recipe_ids), len(recipe_ids) - len(test_ids), len(test_ids))
     return train, test
+
+
+def exclude_quarantined(pairs: pd.DataFrame, records: list[QuarantineRecord]) -> pd.DataFrame:
+    """Pairs whose image_key is not the source of any quarantine record (order kept)."""
+    bad_keys = {record.source for record in records}
+    return pairs[~pairs["image_key"].isin(bad_keys)].reset_index(drop=True)

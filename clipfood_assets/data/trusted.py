@@ -12,12 +12,13 @@ import logging
 import re
 import warnings
 from io import BytesIO
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.quarantine import QuarantineRecord
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # for instance) away from untrusted bytes; the trusted zone only promises JPEG/PNG.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 _DETAIL_CHARS = 200
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -222,9 +224,12 @@ def _classify_bad_keys(bad: pd.Series, prefix: str, extensions: tuple[str, ...])
     basename = text.str.rsplit("/", n=1).str[-1]
     suffix = basename.str.extract(r"(\.[^.]*)\Z", expand=False).fillna("").str.lower()
     allowed = {ext.lower() for ext in extensions}
-    bad_ext = is_str & ~unsafe & ~suffix.isin(allowed)
+    outside = is_str & ~unsafe & ~text.str.startswith(prefix)
+    bad_ext = is_str & ~unsafe & ~outside & ~suffix.isin(allowed)
     reasons = np.select(
-        [~is_str, unsafe, bad_ext], ["unparseable_key", "unsafe_key", "bad_extension"], default="unparseable_key"
+        [~is_str, unsafe, outside, bad_ext],
+        ["unparseable_key", "unsafe_key", "unparseable_key", "bad_extension"],
+        default="unparseable_key",
     )
     details = {
         "unsafe_key": "key has '..' or '.' segments, an absolute path, '//', a backslash or control characters",
@@ -314,7 +319,9 @@ def validate_image(
     except (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return QuarantineRecord(key, "image_too_large", _clip(str(exc)))
     except UnidentifiedImageError as exc:
-        return QuarantineRecord(key, "not_an_image", _clip(str(exc)))
+        # A known signature PIL cannot open is a damaged image (e.g. cut after the header).
+        reason = "corrupt_image" if data.startswith(_IMAGE_SIGNATURES) else "not_an_image"
+        return QuarantineRecord(key, reason, _clip(str(exc)))
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes means corrupt
         return QuarantineRecord(key, "corrupt_image", _clip(f"{type(exc).__name__}: {exc}"))
     return None
@@ -353,3 +360,31 @@ def load_rgb(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
             image.load()
             upright = ImageOps.exif_transpose(image)
     return to_rgb(upright)
+
+
+def validate_images(
+    keys: Iterable[str],
+    read: Callable[[str], bytes],
+    workers: int = 4,
+    max_pixels: int = 40_000_000,
+    min_side: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[QuarantineRecord]:
+    """Read and validate many images in parallel; return the quarantine records (input order).
+
+    ``read(key) -> bytes`` is the storage access (e.g. a lake client's get); a read that raises
+    becomes an ``unreadable_image`` record instead of failing the whole batch.
+    """
+    key_list = list(keys)
+
+    def check(key: str) -> QuarantineRecord | None:
+        try:
+            data = read(key)
+        except Exception as exc:  # noqa: BLE001 - one unreadable object must not sink the batch
+            return QuarantineRecord(key, "unreadable_image", _clip(f"{type(exc).__name__}: {exc}"))
+        return validate_image(key, data, max_pixels=max_pixels, min_side=min_side)
+
+    results = bounded_map(check, key_list, workers=workers, total=len(key_list), progress=progress)
+    records = [record for record in results if record is not None]
+    log.info("validated %d images (%d quarantined)", len(key_list), len(records))
+    return records

@@ -1,6 +1,5 @@
 """Assets, checks, jobs, sensor and resources, assembled once."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -7,7 +7,6 @@ An asset says where it lives with definition metadata:
 No value is ever pickled.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -1,6 +1,5 @@
 """Small helpers that turn results into metadata the Dagster UI can show and plot."""
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -1,6 +1,5 @@
 """Resources: the lake (MinIO or local), the compute device, and the experiment settings."""
 
-from __future__ import annotations
 
 import os
 from pathlib import Path

@@ -1,3 +1,5 @@
+from io import BytesIO
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -162,10 +164,7 @@ def test_load_rgb_scales_16_bit_instead_of_clipping():
 
 
 def test_load_rgb_converts_cmyk():
-    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
-    from io import BytesIO
-
     buf = BytesIO()
-    cmyk.save(buf, "PNG" if False else "JPEG")
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buf, "JPEG")  # pure red in CMYK
     red = load_rgb(buf.getvalue()).getpixel((8, 8))
     assert red[0] > 200 and red[1] < 60 and red[2] < 60

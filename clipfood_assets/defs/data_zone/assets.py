@@ -1,6 +1,5 @@
 """Data zone: positive pairs split by recipe, images copied, augmented pairs with labelled negatives."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

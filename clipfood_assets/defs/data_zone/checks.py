@@ -1,6 +1,5 @@
 """Checks that protect training: blocking ones stop a bad dataset from reaching the model zone."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

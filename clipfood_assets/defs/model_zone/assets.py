@@ -1,6 +1,5 @@
 """Model zone: baseline CLIP (M0), LoRA adapters per experiment run, and their evaluation (M1)."""
 
-from __future__ import annotations
 
 import tempfile
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Model-zone checks: metrics are in range; a warning when a run does not beat the baseline."""
 
-from __future__ import annotations
 
 import math
 

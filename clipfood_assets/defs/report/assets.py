@@ -1,6 +1,5 @@
 """The comparison report: M0 against every experiment run, with the seed's plots."""
 
-from __future__ import annotations
 
 import base64
 

@@ -1,6 +1,5 @@
 """The trusted zone, observed: recipes and images that other teams' pipelines write."""
 
-from __future__ import annotations
 
 import dagster as dg
 

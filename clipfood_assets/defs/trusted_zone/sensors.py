@@ -1,6 +1,5 @@
 """Rebuild when the trusted zone changes: any image or recipes.jsonl added, changed or deleted."""
 
-from __future__ import annotations
 
 import json
 

@@ -1,0 +1,248 @@
+"""Batched CLIP embeddings of images (from encoded bytes) and captions.
+
+Images are decoded and resized to uint8 tensors in a thread pool that runs ahead of the
+model (PIL releases the GIL while decoding and resizing), so the forward pass rarely waits;
+normalisation to the model's mean/std happens on the device, batch-wise.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from clipfood_assets.modeling.clip import autocast_context
+from clipfood_assets.modeling.efficiency import peak_memory, reset_peak_memory, synchronize
+
+LoadImage = Callable[[str], bytes]
+# Decoded images allowed in flight: bounds memory while keeping the model fed.
+_PREFETCH_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """Throughput and memory of one embedding pass."""
+
+    items: int
+    seconds: float
+    items_per_s: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pil_resample(value) -> int:
+    return int(getattr(value, "value", value))
+
+
+def _size_value(size, key: str):
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+class ImagePreprocessor:
+    """CLIP image preprocessing split in two halves.
+
+    ``to_uint8(bytes)`` (thread-safe, CPU): decode, EXIF orientation, RGB, resize of the
+    shortest edge and centre crop exactly as the processor does, kept as uint8 [3, H, W]
+    (cheap to cache). ``normalize(batch)`` (device): rescale to [0, 1] and standardise.
+    """
+
+    def __init__(self, processor) -> None:
+        image_processor = getattr(processor, "image_processor", processor)
+        self.image_processor = image_processor
+        self.shortest_edge = _size_value(image_processor.size, "shortest_edge") if image_processor.do_resize else None
+        crop = image_processor.crop_size if image_processor.do_center_crop else None
+        self.crop = (_size_value(crop, "height"), _size_value(crop, "width")) if crop is not None else None
+        self.resample = _pil_resample(image_processor.resample)
+        # Only the standard CLIP recipe (shortest edge + centre crop) takes the direct PIL path.
+        self.fast_path = bool(self.shortest_edge and self.crop and None not in self.crop)
+        scale = image_processor.rescale_factor if image_processor.do_rescale else 1.0
+        mean = image_processor.image_mean if image_processor.do_normalize else (0.0, 0.0, 0.0)
+        std = image_processor.image_std if image_processor.do_normalize else (1.0, 1.0, 1.0)
+        self._scale = float(scale)
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @staticmethod
+    def decode(data: bytes) -> Image.Image:
+        """PIL RGB image from encoded bytes, with the camera's EXIF orientation applied."""
+        image = Image.open(io.BytesIO(data))
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+    def to_uint8(self, data: bytes) -> torch.Tensor:
+        """uint8 tensor [3, H, W] of the resized, centre-cropped image."""
+        image = self.decode(data)
+        if not self.fast_path:
+            out = self.image_processor(images=image, do_rescale=False, do_normalize=False, return_tensors="np")
+            array = np.clip(np.rint(out["pixel_values"][0]), 0, 255).astype(np.uint8)
+            return torch.from_numpy(array)
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
+        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if new_size != image.size:
+            image = image.resize(new_size, resample=self.resample)
+        crop_h, crop_w = self.crop
+        if (crop_w, crop_h) != image.size:
+            if crop_w > image.size[0] or crop_h > image.size[1]:
+                padded = Image.new("RGB", (max(crop_w, image.size[0]), max(crop_h, image.size[1])))
+                padded.paste(image, ((padded.size[0] - image.size[0]) // 2, (padded.size[1] - image.size[1]) // 2))
+                image = padded
+            top, left = (image.size[1] - crop_h) // 2, (image.size[0] - crop_w) // 2
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 pixel values [B, 3, H, W] from a uint8 batch (on the batch's device)."""
+        pixels = batch.to(torch.float32) * self._scale
+        return (pixels - self._mean.to(batch.device)) / self._std.to(batch.device)
+
+
+def iter_uint8_batches(
+    keys: Sequence[str], load_image: LoadImage, preprocessor: ImagePreprocessor, *, batch_size: int, workers: int
+) -> Iterator[torch.Tensor]:
+    """Yield uint8 batches in key order while later images are read and decoded in threads."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not keys:
+        return
+
+    def prepare(key: str) -> torch.Tensor:
+        try:
+            return preprocessor.to_uint8(load_image(key))
+        except Exception as exc:  # name the image: a bare PIL error says nothing about which
+            raise ValueError(f"cannot read image {key!r}: {exc}") from exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="clip-image") as pool:
+        pending: deque = deque()
+        upcoming = iter(keys)
+        window = batch_size * _PREFETCH_BATCHES
+        for key in upcoming:
+            pending.append(pool.submit(prepare, key))
+            if len(pending) >= window:
+                break
+        batch: list[torch.Tensor] = []
+        while pending:
+            batch.append(pending.popleft().result())
+            next_key = next(upcoming, None)
+            if next_key is not None:
+                pending.append(pool.submit(prepare, next_key))
+            if len(batch) == batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+def _l2_normalised(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    return torch.nn.functional.normalize(features, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _stats(items: int, seconds: float, device: torch.device) -> EmbedStats:
+    peak, kind = peak_memory(device)
+    return EmbedStats(items, seconds, items / seconds if seconds > 0 else 0.0, peak, kind)
+
+
+@torch.inference_mode()
+def embed_images(
+    model,
+    processor,
+    keys: Sequence[str],
+    load_image: LoadImage,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    precision: str = "auto",
+    workers: int | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
+
+    ``load_image(key)`` returns the encoded bytes (JPEG/PNG...).  Reading and decoding run in
+    ``workers`` threads ahead of the model.  The time covers the whole path, bytes to embeddings.
+    """
+    device = torch.device(device)
+    preprocessor = ImagePreprocessor(processor)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    chunks = []
+    for uint8_batch in iter_uint8_batches(
+        keys, load_image, preprocessor, batch_size=batch_size, workers=workers or _default_workers()
+    ):
+        pixels = preprocessor.normalize(uint8_batch.to(device, non_blocking=True))
+        with autocast_context(device, precision):
+            features = model.get_image_features(pixel_values=pixels).pooler_output
+        chunks.append(_l2_normalised(features))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    dim = model.config.projection_dim
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    return embeddings, _stats(len(keys), seconds, device)
+
+
+def text_max_length(model, tokenizer) -> int:
+    """Longest token sequence the text tower accepts (tokenizer and position table agree)."""
+    limit = model.config.text_config.max_position_embeddings
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
+        limit = tokenizer_limit
+    return int(limit)
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Token ids padded to the longest caption of the batch (not to 77), truncated at ``max_length``."""
+    encoded = tokenizer(
+        list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+
+
+@torch.inference_mode()
+def embed_texts(
+    model,
+    processor,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    precision: str = "auto",
+) -> tuple[np.ndarray, EmbedStats]:
+    """L2-normalised float32 caption embeddings [len(texts), D], in order, and throughput."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    max_length = text_max_length(model, tokenizer)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    chunks = []
+    for first in range(0, len(texts), batch_size):
+        inputs = tokenize(tokenizer, texts[first:first + batch_size], max_length, device)
+        with autocast_context(device, precision):
+            features = model.get_text_features(**inputs).pooler_output
+        chunks.append(_l2_normalised(features))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    dim = model.config.projection_dim
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    return embeddings, _stats(len(texts), seconds, device)
