@@ -158,6 +158,7 @@ def _first_hit_text(label: str, example: RetrievalExample) -> str:
 def _draw_images_cell(axes: Axes, label: str, example: RetrievalExample, thumbnails: ThumbnailCache) -> None:
     """text→image: the top-k images of one model as a framed strip with scores underneath."""
     axes.imshow(_strip([(thumbnails.get(item.key), item.hit) for item in example.top]), interpolation="nearest")
+    axes.set_anchor("W")  # strips start under their column title rather than floating in the middle
     axes.set_axis_off()
     axes.set_title(plain_label(_first_hit_text(label, example), 70), fontsize=8, loc="left")
     cell = TILE_PX + 2 * BORDER_PX
@@ -182,6 +183,7 @@ def _draw_query_cell(axes: Axes, direction: str, query: str, thumbnails: Thumbna
     axes.set_title(DIRECTION_LABELS[direction] + " query", fontsize=8, loc="left", color="#555555")
     if direction == "image_to_text":
         axes.imshow(np.asarray(thumbnails.get(query)), interpolation="nearest")
+        axes.set_anchor("W")
         axes.set_axis_off()
         return
     axes.set_axis_off()
@@ -222,7 +224,7 @@ def retrieval_examples_png(
         return message_png("Retrieval examples", "no retrieval examples for M0"), []
     thumbnails = ThumbnailCache(load_image)
     with plot_style():
-        figure = new_figure(14, 0.8 + 1.45 * len(rows))
+        figure = new_figure(3 + 5.5 * len(columns), 0.8 + 1.45 * len(rows))
         grid = figure.add_gridspec(len(rows), 1 + len(columns), width_ratios=[1.5] + [5] * len(columns),
                                    hspace=0.75, wspace=0.08)
         for row, (direction, query) in enumerate(rows):
@@ -244,6 +246,7 @@ def retrieval_examples_png(
         figure.subplots_adjust(left=0.02, right=0.99, top=1 - 0.55 / (0.8 + 1.45 * len(rows)), bottom=0.03)
         png = to_png(figure, palette=True)
     missing = thumbnails.missing
-    if missing:
-        logger.warning("%d thumbnail(s) unavailable, drawn as grey placeholders", len(missing))
+    if missing:  # expected without a loader; worth a warning when the loader failed
+        log = logger.info if load_image is None else logger.warning
+        log("%d thumbnail(s) unavailable, drawn as grey placeholders", len(missing))
     return png, missing

@@ -250,7 +250,11 @@ def efficiency_png(baseline: Mapping[str, Any], runs: Mapping[str, RunArtifacts]
                 else:
                     axes.annotate("n/a", (0, y), xycoords=("axes fraction", "data"), xytext=(3, 0),
                                   textcoords="offset points", va="center", fontsize=8, color="#777777")
-            axes.margins(x=0.3)
+            if any(present):
+                axes.margins(x=0.3)
+            else:  # nothing measured: an empty 0..1 axis instead of matplotlib's ±0.06 default
+                axes.set_xlim(0, 1)
+                axes.set_xticks([])
             axes.set_title(title)
             axes.set_yticks(positions, labels)
             axes.set_ylim(len(rows) - 0.5, -0.5)

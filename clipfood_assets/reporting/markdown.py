@@ -40,7 +40,7 @@ FIGURES = {
 MAX_EPOCH_ROWS = 50
 DASH = "–"
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 

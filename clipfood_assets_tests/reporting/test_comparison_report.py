@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -155,12 +157,21 @@ def test_zero_runs_reports_the_baseline_alone(inputs: Inputs) -> None:
     assert alone.files["failure_cases.csv"].decode().strip() == "run,direction,query,m0_rank,m1_rank,rank_change"
 
 
-@pytest.mark.parametrize("loader", ["none", "raises", "garbage"])
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge image (a decompression bomb's first bytes)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("loader", ["none", "raises", "garbage", "huge"])
 def test_missing_thumbnails_become_grey_tiles(inputs: Inputs, report: Report, loader: str) -> None:
     def raising(key: str) -> bytes:
         raise FileNotFoundError(key)
 
-    loaders = {"none": None, "raises": raising, "garbage": lambda key: b"not a jpeg" if "r0" in key else 42}
+    loaders = {"none": None, "raises": raising, "garbage": lambda key: b"not a jpeg" if "r0" in key else 42,
+               "huge": lambda key: png_header_claiming(8000, 8000)}
     degraded = build(inputs, load_image=loaders[loader])
     pixels = assert_png_ok(degraded.files["retrieval_examples.png"], "retrieval_examples.png")
     assert degraded.files["retrieval_examples.png"] != report.files["retrieval_examples.png"]
@@ -240,7 +251,7 @@ def test_hostile_text_cannot_break_tables_or_figures(inputs: Inputs) -> None:
     for block in table_blocks(result.markdown):
         widths = {len(UNESCAPED_PIPE.findall(line)) for line in block}
         assert len(widths) == 1, block
-    assert "x\\|y\\_$z" in result.markdown
+    assert "x\\|y\\_\\$z" in result.markdown
     for name in (n for n in result.files if n.endswith(".png")):
         assert_png_ok(result.files[name], name)
 
