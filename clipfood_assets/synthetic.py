@@ -24,7 +24,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,10 +219,14 @@ def dish_components(title: str) -> DishComponents:
 # --------------------------------------------------------------------------- recipes
 
 
-def _compose_title(rng: random.Random) -> str:
-    dish = rng.choice(DISHES)
-    main = rng.choice(INGREDIENTS)
-    second = rng.choice([i for i in INGREDIENTS if i is not main])
+def _compose_title(
+    rng: random.Random,
+    dishes: Sequence[Dish] = DISHES,
+    ingredients: Sequence[Ingredient] = INGREDIENTS,
+) -> str:
+    dish = rng.choice(dishes)
+    main = rng.choice(ingredients)
+    second = rng.choice([i for i in ingredients if i is not main])
     descriptor = rng.choice(DESCRIPTORS)
     pattern = rng.random()
     if pattern < 0.45:
@@ -255,22 +259,32 @@ def _instruction_list(rng: random.Random, components: DishComponents) -> list[st
     return steps
 
 
-def generate_recipes(n_recipes: int, seed: int) -> list[dict]:
+def generate_recipes(
+    n_recipes: int,
+    seed: int,
+    *,
+    dishes: Sequence[Dish] = DISHES,
+    ingredients: Sequence[Ingredient] = INGREDIENTS,
+) -> list[dict]:
     """Generate trusted-zone recipe rows.
 
     Each row has ``id`` (10 unique lowercase hex chars), ``title_text_raw``,
     ``title_text_clean``, ``ingredients``, ``instructions`` and ``n_images`` (1-4, how many
     photos the trusted zone holds for it). Titles are mostly unique; dish types repeat.
+    ``dishes``/``ingredients`` restrict the vocabulary (e.g. for a base model's generic
+    pre-training corpus that does not cover every food).
     """
     if n_recipes < 0:
         raise ValueError(f"n_recipes must be >= 0, got {n_recipes}")
+    if not dishes or len(ingredients) < 2:
+        raise ValueError("need at least one dish and two ingredients")
     rng = random.Random(_stable_seed("recipes", seed))
     seen_ids: set[str] = set()
     seen_titles: set[str] = set()
     recipes: list[dict] = []
     while len(recipes) < n_recipes:
         recipe_id = f"{rng.getrandbits(40):010x}"
-        title = _compose_title(rng)
+        title = _compose_title(rng, dishes, ingredients)
         # A few duplicate titles are realistic; many would make recipe-level retrieval moot.
         if recipe_id in seen_ids or (title in seen_titles and rng.random() < 0.9):
             continue

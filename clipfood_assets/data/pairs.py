@@ -16,14 +16,52 @@ log = logging.getLogger(__name__)
 PAIR_COLUMNS = ["recipe_id", "image_key", "caption"]
 
 
-def _clean_text_column(values: pd.Series) -> pd.Series:
-    """Strings with NaN for missing/blank values (so dropna removes them)."""
+def _text(values: pd.Series) -> pd.Series:
+    """As strings, with NaN for missing or blank values (so a mask can drop them)."""
     text = values.astype("str")
-    return text.where(text.str.strip().str.len() > 0)
+    blank = text.isna() | (text == "") | text.str.isspace().fillna(True).astype(bool)
+    return text.where(~blank)
 
 
 def _recipe_quarantine(recipe_id: str, reason: str, detail: str) -> QuarantineRecord:
     return QuarantineRecord(f"{RECIPES_KEY}:id {recipe_id}", reason, detail)
+
+
+def _unique_recipes(recipes: pd.DataFrame, quarantined: list[QuarantineRecord]) -> pd.DataFrame:
+    """Recipes sorted by id, one row per id; ids given with different captions are quarantined."""
+    recipes = pd.DataFrame({"recipe_id": _text(recipes["recipe_id"]), "caption": _text(recipes["caption"])}).dropna()
+    if not recipes["recipe_id"].is_monotonic_increasing:  # parse_recipes output already is
+        recipes = recipes.sort_values(["recipe_id", "caption"], kind="stable")
+    ids = recipes["recipe_id"].to_numpy(dtype=object)
+    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():  # sorted: repeats are adjacent, cheap to test
+        recipes = recipes.drop_duplicates()
+        repeated = recipes["recipe_id"].duplicated(keep=False)
+        for recipe_id in sorted(recipes.loc[repeated, "recipe_id"].unique()):
+            quarantined.append(_recipe_quarantine(recipe_id, "conflicting_duplicate_id", "recipe id has several different captions"))
+        recipes = recipes[~repeated]
+    return recipes.reset_index(drop=True)
+
+
+def _unique_images(images: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """Images with a key and a recipe id, each key once (first row kept); and whether keys are sorted."""
+    images = pd.DataFrame({"image_key": _text(images["image_key"]), "recipe_id": _text(images["recipe_id"])}).dropna()
+    keys = images["image_key"]
+    # Object listings come back sorted by key, so the cheap path is the usual one.
+    is_sorted = bool(keys.is_monotonic_increasing)
+    if is_sorted:
+        array = keys.to_numpy(dtype=object)
+        repeat = np.concatenate(([False], array[1:] == array[:-1]))
+    else:
+        repeat = keys.duplicated().to_numpy()
+    return images[~repeat].reset_index(drop=True), is_sorted
+
+
+def _order_by_recipe_then_key(recipe_rank: np.ndarray, keys: pd.Series, keys_sorted: bool) -> np.ndarray:
+    """Row order for (recipe, image_key): a stable integer sort when keys are already sorted."""
+    if keys_sorted:
+        return np.argsort(recipe_rank, kind="stable")
+    by_key = np.argsort(keys.to_numpy(dtype=object), kind="stable")
+    return by_key[np.argsort(recipe_rank[by_key], kind="stable")]
 
 
 def build_positive_pairs(
@@ -39,45 +77,41 @@ def build_positive_pairs(
     recipes whose caption is outside [min_caption_chars, max_caption_chars] are quarantined once
     (``caption_too_short`` / ``caption_too_long``) with their images left out; a recipe id given
     twice with different captions is quarantined (``conflicting_duplicate_id``). NaNs, blanks and
-    duplicate rows are dropped. Output columns are exactly ``recipe_id, image_key, caption``,
+    repeated image keys are dropped. Output columns are exactly ``recipe_id, image_key, caption``,
     sorted by (recipe_id, image_key), so the result does not depend on input order.
+    Vectorized: one hash lookup of each image's recipe, then an integer sort.
     """
     quarantined: list[QuarantineRecord] = []
-
-    recipes = pd.DataFrame(
-        {"recipe_id": _clean_text_column(recipes["recipe_id"]), "caption": _clean_text_column(recipes["caption"])}
-    ).dropna()
-    recipes = recipes.drop_duplicates()
-    # Defensive: parse_recipes already resolves this, but a hand-made frame might not.
-    repeated = recipes["recipe_id"].duplicated(keep=False)
-    for recipe_id in sorted(recipes.loc[repeated, "recipe_id"].unique()):
-        quarantined.append(_recipe_quarantine(recipe_id, "conflicting_duplicate_id", "recipe id has several different captions"))
-    recipes = recipes[~repeated]
+    recipes = _unique_recipes(recipes, quarantined)
 
     length = recipes["caption"].str.len()
-    too_short = length < min_caption_chars
-    too_long = length > max_caption_chars
+    too_short = (length < min_caption_chars).to_numpy()
+    too_long = (length > max_caption_chars).to_numpy()
     for flag, reason, bound in ((too_short, "caption_too_short", f"< {min_caption_chars}"), (too_long, "caption_too_long", f"> {max_caption_chars}")):
-        for rec in recipes[flag].sort_values("recipe_id").itertuples(index=False):
+        for rec in recipes[flag].itertuples(index=False):
             quarantined.append(_recipe_quarantine(rec.recipe_id, reason, f"caption has {len(rec.caption)} characters ({bound})"))
-    usable = recipes[~(too_short | too_long)]
 
-    images = pd.DataFrame(
-        {"image_key": _clean_text_column(images["image_key"]), "recipe_id": _clean_text_column(images["recipe_id"])}
-    ).dropna().drop_duplicates()
-    known = images["recipe_id"].isin(recipes["recipe_id"])  # recipes before caption bounds
-    for rec in images[~known].sort_values("image_key").itertuples(index=False):
+    images, keys_sorted = _unique_images(images)
+    # Position of each image's recipe in the id-sorted recipe table: the join and the sort key at once.
+    rank = pd.Index(recipes["recipe_id"]).get_indexer(images["recipe_id"])
+    unknown = rank < 0
+    for rec in images[unknown].sort_values("image_key").itertuples(index=False):
         quarantined.append(QuarantineRecord(rec.image_key, "unknown_recipe", f"no recipe with id {rec.recipe_id!r}"))
-
-    pairs = images[known].merge(usable, on="recipe_id", how="inner", validate="many_to_one")
-    pairs = (
-        pairs[PAIR_COLUMNS]
-        .drop_duplicates(["recipe_id", "image_key"])
-        .sort_values(["recipe_id", "image_key"], kind="stable")
-        .reset_index(drop=True)
-    )
-    pairs.attrs["recipes_without_images"] = int((~usable["recipe_id"].isin(pairs["recipe_id"])).sum())
-    log.info("built %d positive pairs over %d recipes (%d quarantined)", len(pairs), pairs["recipe_id"].nunique(), len(quarantined))
+    usable = ~unknown
+    usable[usable] = ~(too_short | too_long)[rank[usable]]
+    images, rank = images[usable], rank[usable]
+    order = _order_by_recipe_then_key(rank, images["image_key"], keys_sorted)
+    pairs = pd.DataFrame(
+        {
+            "recipe_id": images["recipe_id"].to_numpy(dtype=object)[order],
+            "image_key": images["image_key"].to_numpy(dtype=object)[order],
+            "caption": recipes["caption"].to_numpy(dtype=object)[rank[order]],
+        }
+    ).astype("str")
+    with_images = np.zeros(len(recipes), dtype=bool)
+    with_images[rank] = True
+    pairs.attrs["recipes_without_images"] = int((~with_images & ~too_short & ~too_long).sum())
+    log.info("built %d positive pairs over %d recipes (%d quarantined)", len(pairs), int(with_images.sum()), len(quarantined))
     return pairs, quarantined
 
 
@@ -96,6 +130,25 @@ def n_test_recipes(n_recipes: int, test_size: float) -> int:
     return min(max(round(test_size * n_recipes), 1), n_recipes - 1)
 
 
+def _sorted_by_recipe_and_key(pairs: pd.DataFrame) -> bool:
+    recipe = pairs["recipe_id"].to_numpy(dtype=object)
+    key = pairs["image_key"].to_numpy(dtype=object)
+    if len(pairs) < 2:
+        return True
+    try:
+        ahead = (recipe[1:] > recipe[:-1]) | ((recipe[1:] == recipe[:-1]) & (key[1:] >= key[:-1]))
+    except TypeError:  # NaN or non-string values: let the sort sort it out
+        return False
+    return bool(ahead.all())
+
+
+def sort_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs sorted by (recipe_id, image_key); a cheap O(n) check skips the sort when already sorted."""
+    if _sorted_by_recipe_and_key(pairs):
+        return pairs.reset_index(drop=True)
+    return pairs.sort_values(["recipe_id", "image_key"], kind="stable").reset_index(drop=True)
+
+
 def split_by_recipe(
     pairs: pd.DataFrame, test_size: float = 0.2, seed: int = 42
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -109,18 +162,17 @@ def split_by_recipe(
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    recipe_ids = np.sort(np.asarray(pairs["recipe_id"].dropna().astype("str").unique(), dtype=object))
+    pairs = sort_pairs(pairs.dropna(subset=["recipe_id"]))
+    recipe = pairs["recipe_id"].to_numpy(dtype=object)
+    starts = np.concatenate(([True], recipe[1:] != recipe[:-1])) if len(recipe) else np.zeros(0, dtype=bool)
+    recipe_ids = recipe[starts]  # sorted and unique, since pairs are sorted
     ranks = recipe_rank_keys(recipe_ids, seed)
     order = np.argsort(ranks, kind="stable")  # ids are sorted, so equal hashes tie-break by id
-    test_ids = recipe_ids[order[: n_test_recipes(len(recipe_ids), test_size)]]
-    in_test = pairs["recipe_id"].isin(test_ids)
-    sort_cols = [c for c in ("recipe_id", "image_key") if c in pairs.columns]
-
-    def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.sort_values(sort_cols, kind="stable").reset_index(drop=True)
-
-    train, test = _tidy(pairs[~in_test]), _tidy(pairs[in_test])
-    log.info("split %d recipes: %d train, %d test", len(recipe_ids), len(recipe_ids) - len(test_ids), len(test_ids))
+    is_test = np.zeros(len(recipe_ids), dtype=bool)
+    is_test[order[: n_test_recipes(len(recipe_ids), test_size)]] = True
+    in_test = is_test[np.cumsum(starts) - 1] if len(recipe) else np.zeros(0, dtype=bool)
+    train, test = pairs[~in_test].reset_index(drop=True), pairs[in_test].reset_index(drop=True)
+    log.info("split %d recipes: %d train, %d test", len(recipe_ids), len(recipe_ids) - int(is_test.sum()), int(is_test.sum()))
     return train, test
 
 

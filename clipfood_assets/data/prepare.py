@@ -15,7 +15,7 @@ import pandas as pd
 
 from clipfood_assets.data.pairs import build_positive_pairs, split_by_recipe
 from clipfood_assets.data.quarantine import QuarantineRecord, quarantine_frame
-from clipfood_assets.data.trusted import parse_image_keys, parse_recipes, validate_image
+from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_image
 from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
@@ -67,7 +67,7 @@ def read_positive_pairs(
 ) -> PositivePairs:
     """Trusted zone -> positive pairs split by recipe; every bad record quarantined with its reason."""
     try:
-        recipes, recipe_quarantine = parse_recipes(lake.iter_lines(TRUSTED_ZONE, RECIPES_KEY))
+        recipes, recipe_quarantine = parse_recipes(iter_lines(lake.iter_chunks(TRUSTED_ZONE, RECIPES_KEY)))
     except ObjectNotFound:
         raise LakeError(
             f"the trusted zone has no {lake.uri(TRUSTED_ZONE, RECIPES_KEY)}; "

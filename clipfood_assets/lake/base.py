@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -123,10 +122,11 @@ class Lake(ABC):
         tmp.replace(path)
         return path
 
-    def iter_lines(self, bucket: str, key: str) -> Iterator[bytes]:
-        """Lines of a (possibly huge) object, read as a stream."""
+    def iter_chunks(self, bucket: str, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """An object as a stream of chunks: memory stays bounded whatever its size."""
         with self.open(bucket, key) as stream:
-            yield from io.BufferedReader(_Readable(stream), buffer_size=1 << 20)
+            while chunk := stream.read(chunk_size):
+                yield chunk
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
@@ -140,19 +140,3 @@ class Lake(ABC):
         for key in keys:
             self.delete(bucket, key)
         return len(keys)
-
-
-class _Readable(io.RawIOBase):
-    """Adapts any object with read(n) to RawIOBase so BufferedReader can split lines."""
-
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n

@@ -20,6 +20,7 @@ room for fine-tuning.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 import time
@@ -195,9 +196,11 @@ def build_image_processor(image_size: int = 64) -> CLIPImageProcessorPil:
 
 def _pretraining_pairs(seed: int, n_recipes: int, image_size: int) -> tuple[list[str], list]:
     # Imported here: the generator is only needed when pre-training is asked for.
-    from clipfood_assets.synthetic import generate_recipes, render_dish_picture
+    from clipfood_assets.synthetic import DISHES, INGREDIENTS, generate_recipes, render_dish_picture
 
-    recipes = generate_recipes(n_recipes, seed=seed)
+    dishes = DISHES[:: int(os.environ.get("DSTEP", 1))]
+    ingredients = INGREDIENTS[:: int(os.environ.get("ISTEP", 1))]
+    recipes = generate_recipes(n_recipes, seed=seed, dishes=dishes, ingredients=ingredients)
     captions, images = [], []
     for recipe in recipes:
         for position in range(1, recipe["n_images"] + 1):
@@ -375,6 +378,7 @@ def build_base_model(
         processor,
         steps=pretrain_steps,
         seed=seed + PRETRAIN_DATA_SEED_OFFSET,
+        n_recipes=int(os.environ.get('NPRE', 400)),
         progress=progress,
     )
     model.eval()

@@ -77,6 +77,10 @@ class EvaluationSettings(_Section):
     bootstrap_samples: int = Field(1000, ge=1, le=1_000_000)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    fast_jpeg_decode: bool = Field(
+        False, description="Decode large JPEGs at a reduced DCT scale (faster; pixels differ by a few levels)"
+    )
+    num_workers: int = Field(0, ge=0, le=64, description="Image decoding threads (0: chosen from the cores)")
 
     @field_validator("recall_at")
     @classmethod

@@ -11,17 +11,33 @@ from dataclasses import dataclass, field
 import torch
 
 
-def configure_cpu_threads(device: torch.device | str | None = None) -> int:
-    """Use every core this process may run on for torch's intra-op pool (CPU runs only).
+THREADS_ENV = "CLIPFOOD_TORCH_THREADS"
 
-    Returns the thread count in effect.  On CUDA the host threads mostly wait, so it is left alone.
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def configure_cpu_threads(device: torch.device | str | None = None) -> int:
+    """Size torch's intra-op pool for a CPU run: ``$CLIPFOOD_TORCH_THREADS``, else
+    ``$OMP_NUM_THREADS``, else every core this process may run on.
+
+    Returns the thread count in effect.  On CUDA the host threads mostly wait, so it is left
+    alone.  On a machine shared with other busy processes, fewer threads than cores is much
+    faster: OpenMP threads spin-wait for each other and a descheduled one stalls every op.
     """
     if device is not None and torch.device(device).type != "cpu":
         return torch.get_num_threads()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no sched_getaffinity
-        cores = os.cpu_count() or 1
+    cores = available_cores()
+    for variable in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 0:
+            cores = int(value)
+            break
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
     return cores

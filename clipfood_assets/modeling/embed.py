@@ -8,6 +8,7 @@ normalisation to the model's mean/std happens on the device, batch-wise.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -60,8 +61,9 @@ class ImagePreprocessor:
     (cheap to cache). ``normalize(batch)`` (device): rescale to [0, 1] and standardise.
     """
 
-    def __init__(self, processor) -> None:
+    def __init__(self, processor, *, fast_jpeg_decode: bool = False) -> None:
         image_processor = getattr(processor, "image_processor", processor)
+        self.fast_jpeg_decode = fast_jpeg_decode
         self.image_processor = image_processor
         self.shortest_edge = _size_value(image_processor.size, "shortest_edge") if image_processor.do_resize else None
         crop = image_processor.crop_size if image_processor.do_center_crop else None
@@ -76,10 +78,19 @@ class ImagePreprocessor:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    @staticmethod
-    def decode(data: bytes) -> Image.Image:
-        """PIL RGB image from encoded bytes, with the camera's EXIF orientation applied."""
+    def decode(self, data: bytes) -> Image.Image:
+        """PIL RGB image from encoded bytes, with the camera's EXIF orientation applied.
+
+        With ``fast_jpeg_decode`` a JPEG much larger than the model input is decoded at a
+        reduced DCT scale (PIL ``draft``, 1/2 to 1/8), never below the resize target: ~5x
+        faster for 512 px photos at 64 px, pixel values within a few levels of a full decode.
+        """
         image = Image.open(io.BytesIO(data))
+        if self.fast_jpeg_decode and self.fast_path and image.format == "JPEG":
+            width, height = image.size
+            factor = self.shortest_edge / min(width, height)
+            if factor < 0.5:
+                image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
         image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
 
@@ -175,6 +186,7 @@ def embed_images(
     device: torch.device | str,
     precision: str = "auto",
     workers: int | None = None,
+    fast_jpeg_decode: bool = False,
 ) -> tuple[np.ndarray, EmbedStats]:
     """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
 
@@ -182,7 +194,7 @@ def embed_images(
     ``workers`` threads ahead of the model.  The time covers the whole path, bytes to embeddings.
     """
     device = torch.device(device)
-    preprocessor = ImagePreprocessor(processor)
+    preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode)
     reset_peak_memory(device)
     start = time.perf_counter()
     chunks = []

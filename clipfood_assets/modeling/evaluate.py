@@ -21,6 +21,7 @@ import torch
 
 from clipfood_assets.modeling.clip import describe_device
 from clipfood_assets.modeling.config import ExperimentConfig
+from clipfood_assets.modeling.efficiency import configure_cpu_threads
 from clipfood_assets.modeling.embed import embed_images, embed_texts
 from clipfood_assets.modeling.metrics import (
     TIE_POLICY,
@@ -143,9 +144,11 @@ def evaluate_retrieval(
 
     evaluation = cfg.evaluation
     sets = RetrievalSets(test_pairs)
+    configure_cpu_threads(device)
     image_emb, image_stats = embed_images(
         model, processor, sets.image_keys.tolist(), load_image, batch_size=evaluation.batch_size,
-        device=device, precision=evaluation.precision, workers=workers,
+        device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
+        fast_jpeg_decode=evaluation.fast_jpeg_decode,
     )
     texts = sets.unique_texts
     text_emb, text_stats = embed_texts(

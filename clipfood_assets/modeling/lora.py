@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +22,14 @@ from clipfood_assets.modeling.config import LoraSettings
 
 LOGIT_SCALE_FILE = "logit_scale.json"
 _TOWER_PREFIX = {"vision": ("vision_model.",), "text": ("text_model.",), "both": ("vision_model.", "text_model.")}
+
+
+@contextmanager
+def _quiet_peft():
+    # peft calls a transformers 5 deprecated alias; nothing the caller can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def lora_target_modules(model: torch.nn.Module, lora_cfg: LoraSettings) -> list[str]:
@@ -57,7 +67,8 @@ def _lora_config(model: torch.nn.Module, lora_cfg: LoraSettings) -> LoraConfig:
 
 def apply_lora(model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True) -> PeftModel:
     """Wrap ``model`` with LoRA adapters (base weights frozen); ``logit_scale`` trainable if asked."""
-    peft_model = get_peft_model(model, _lora_config(model, lora_cfg))
+    with _quiet_peft():
+        peft_model = get_peft_model(model, _lora_config(model, lora_cfg))
     logit_scale_parameter(peft_model).requires_grad_(train_logit_scale)
     return peft_model
 
@@ -105,7 +116,8 @@ def load_adapted_model(
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise ValueError(f"{adapter_dir} has no adapter_model.safetensors; pickle adapters are refused")
     model, processor = load_clip(base_name_or_path, "cpu")
-    adapted: torch.nn.Module = PeftModel.from_pretrained(model, str(adapter_dir))
+    with _quiet_peft():
+        adapted: torch.nn.Module = PeftModel.from_pretrained(model, str(adapter_dir))
     scale_file = adapter_dir / LOGIT_SCALE_FILE
     if scale_file.is_file():
         value = float(json.loads(scale_file.read_text(encoding="utf-8"))["logit_scale"])

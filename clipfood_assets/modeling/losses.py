@@ -159,12 +159,13 @@ class FeatureCacheAccumulator:
     any autocast the caller wants); ``loss_fn(features, micro_batches)`` computes the loss
     from features concatenated over all micro-batches (same keys, dim 0).
 
-    Pass 1 encodes every micro-batch without autograd and caches the features, recording
-    the RNG state before each; the loss over the whole cache is backpropagated to the
-    features only (and to parameters the loss uses directly, such as ``logit_scale``).
-    Pass 2 restores each micro-batch's RNG state (so dropout masks are the same), encodes
-    it again with autograd and backpropagates the cached feature gradients into the model.
-    Memory is that of one micro-batch plus the features; compute is one extra forward.
+    Pass 1 encodes micro-batches 1..k-1 without autograd and caches their features,
+    recording the RNG state before each; the last one is encoded with autograd.  The loss
+    over the whole batch is backpropagated: into the model through the last micro-batch,
+    and to the cached features (and parameters the loss uses directly, e.g. ``logit_scale``).
+    Pass 2 restores each cached micro-batch's RNG state (so dropout masks are the same),
+    encodes it again with autograd and backpropagates its feature gradients into the model.
+    Memory: one micro-batch's activations plus the features; compute: k-1 extra forwards.
     """
 
     def __init__(self, encode: EncodeFn, loss_fn: LossFn) -> None:
@@ -177,24 +178,29 @@ class FeatureCacheAccumulator:
         """Add the whole-batch loss gradient to ``.grad`` of the parameters; return the loss."""
         if not micro_batches:
             raise ValueError("no micro-batches to accumulate")
+        *replayed, last = micro_batches
         rng_states, cached = [], []
         with torch.no_grad():
-            for micro_batch in micro_batches:
+            for micro_batch in replayed:
                 rng_states.append(_rng_state())
                 cached.append({k: v.detach() for k, v in self.encode(micro_batch).items()})
+        live = self.encode(last)  # its graph is used by the loss backward directly: no replay
         state_after_pass_1 = _rng_state()
 
-        keys = list(cached[0])
-        leaves = {k: torch.cat([c[k] for c in cached]).requires_grad_(True) for k in keys}
-        loss = self.loss_fn(leaves, micro_batches)
+        keys = list(live)
+        leaves = {k: torch.cat([c[k] for c in cached]).requires_grad_(True) for k in keys} if cached else {}
+        features = {k: torch.cat([leaves[k], live[k]]) if cached else live[k] for k in keys}
+        loss = self.loss_fn(features, micro_batches)
         (scale_loss(loss) if scale_loss is not None else loss).backward()
-        sizes = {k: [c[k].shape[0] for c in cached] for k in keys}
+        if not cached:
+            return loss.detach()
+
         grads = {
-            k: (leaves[k].grad.split(sizes[k]) if leaves[k].grad is not None else [None] * len(cached))
+            k: (leaves[k].grad.split([c[k].shape[0] for c in cached]) if leaves[k].grad is not None
+                else [None] * len(cached))
             for k in keys
         }
-
-        for i, micro_batch in enumerate(micro_batches):
+        for i, micro_batch in enumerate(replayed):
             _set_rng_state(rng_states[i])
             features = self.encode(micro_batch)
             outputs, output_grads = [], []

@@ -12,6 +12,7 @@ from typing import Any
 
 from clipfood_assets.reporting.artifacts import (
     DIRECTIONS,
+    PRIMARY_METRIC,
     RunArtifacts,
     as_interval,
     as_number,
@@ -100,10 +101,12 @@ def metric_comparison(comparison: Any, direction: str, metric: str) -> MetricCom
 def h1_verdict(results: Mapping[str, Any]) -> H1Verdict:
     """H1 for one run: supported only if the lower bound of the difference's 95 % CI is > 0.
 
-    The point estimate never decides; a missing CI means "not supported" (no evidence).
+    The point estimate never decides; a missing CI means "not supported" (no evidence). The
+    primary metric is fixed (text→image R@1) whatever a run's comparison names, so no run can
+    pick the metric that happens to favour it.
     """
     comparison = results.get("comparison_to_baseline") if isinstance(results, Mapping) else None
-    direction, metric = parse_metric_path(lookup(comparison, "primary_metric"))
+    direction, metric = parse_metric_path(PRIMARY_METRIC)
     if not isinstance(comparison, Mapping):
         return H1Verdict(H1_NOT_COMPARED, direction, metric, None, None, "no comparison_to_baseline")
     flag = comparison.get("h1_supported")

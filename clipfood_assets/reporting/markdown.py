@@ -63,8 +63,13 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{number:.{digits}f}"
 
 
+def fmt_bound(value: float) -> str:
+    """A CI bound with 3 decimals, more when 3 would print a non-zero bound as 0.000."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.0005 else f"{value:.2g}"
+
+
 def fmt_interval(interval: Sequence[float] | None) -> str:
-    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval is not None else ""
+    return f"[{fmt_bound(interval[0])}, {fmt_bound(interval[1])}]" if interval is not None else ""
 
 
 def fmt_signed(value: float | None) -> str:
@@ -112,7 +117,7 @@ def verdict_sentence(key: str, verdict: H1Verdict) -> str:
         lo, hi = primary.ci
         head = "**H1 supported**" if verdict.status == H1_SUPPORTED else "**H1 not supported**"
         why = "" if verdict.status == H1_SUPPORTED else (" — it includes 0" if hi >= 0 else " — it lies below 0")
-        sentence = (f"- {name}: {head}: the 95 % CI of the {label} difference is [{lo:.3f}, {hi:.3f}]{why} "
+        sentence = (f"- {name}: {head}: the 95 % CI of the {label} difference is {fmt_interval((lo, hi))}{why} "
                     f"(M1 − M0 = {fmt_signed(primary.diff)}; M0 {fmt(primary.m0)}, M1 {fmt(primary.m1)}).")
     if verdict.upstream_flag is not None and verdict.upstream_flag != verdict.supported:
         sentence += (f" The evaluation step wrote h1_supported = {str(verdict.upstream_flag).lower()}; "

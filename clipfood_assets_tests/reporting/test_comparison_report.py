@@ -19,7 +19,7 @@ from clipfood_assets.reporting import REPORT_FILES, Report, RunArtifacts, build_
 from clipfood_assets.reporting.analysis import analyse
 from clipfood_assets.reporting.figures import efficiency_rows
 from clipfood_assets.reporting.markdown import render_markdown
-
+from clipfood_assets.reporting.plotting import BASELINE_COLOR, HIT_COLOR, MISS_COLOR, run_colors
 
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
@@ -88,6 +88,23 @@ def test_report_holds_every_file_and_every_png_is_a_real_picture(report: Report)
         assert_png_ok(report.files[name], name)
     assert report.files["report.md"].decode("utf-8") == report.markdown
     assert json.loads(report.files["summary.json"]) == report.summary
+
+
+def has_color(pixels: np.ndarray, hex_color: str, tolerance: int = 12) -> bool:
+    rgb = np.array([int(hex_color[i: i + 2], 16) for i in (1, 3, 5)], dtype=float)
+    return bool(np.any(np.all(np.abs(pixels - rgb) <= tolerance, axis=-1)))
+
+
+def test_figures_draw_each_model_and_mark_hits_and_misses(report: Report) -> None:
+    colors = {"M0": BASELINE_COLOR, **run_colors(["better", "worse"])}
+    bars = assert_png_ok(report.files["metric_bars.png"], "metric_bars.png")
+    assert all(has_color(bars, c) for c in colors.values())
+    curves = assert_png_ok(report.files["learning_curves.png"], "learning_curves.png")
+    assert has_color(curves, colors["better"]) and has_color(curves, colors["worse"])
+    differences = assert_png_ok(report.files["metric_differences.png"], "metric_differences.png")
+    assert has_color(differences, colors["better"]) and has_color(differences, colors["worse"])
+    examples = assert_png_ok(report.files["retrieval_examples.png"], "retrieval_examples.png")
+    assert has_color(examples, HIT_COLOR) and has_color(examples, MISS_COLOR)
 
 
 def test_markdown_links_every_figure_by_relative_name(report: Report) -> None:
@@ -201,6 +218,9 @@ def test_positive_point_estimate_with_a_ci_touching_zero_is_not_supported(inputs
     line = verdict_line(markdown_only(inputs, runs), "edge")
     assert "**H1 not supported**" in line and "[0.000, 0.400]" in line and "includes 0" in line
     assert "this report follows the CI" in line
+    comparison["text_to_image"]["R@1"].update(diff=0.0008, ci=[0.0001, 0.002])
+    line = verdict_line(markdown_only(inputs, runs), "edge")
+    assert "**H1 supported**" in line and "[0.0001, 0.002]" in line  # a tiny positive bound is not printed as 0
     comparison["text_to_image"]["R@1"].pop("ci")
     line = verdict_line(markdown_only(inputs, runs), "edge")
     assert "**H1 not supported**" in line and "no 95 % CI" in line

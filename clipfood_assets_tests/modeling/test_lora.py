@@ -1,0 +1,101 @@
+"""LoRA on CLIP: parameter counts of the seed's ViT-B/32 setup, scopes, save/load/merge round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from clipfood_assets.modeling.clip import load_clip
+from clipfood_assets.modeling.config import LoraSettings
+from clipfood_assets.modeling.embed import embed_images, embed_texts
+from clipfood_assets.modeling.lora import (
+    apply_lora,
+    count_parameters,
+    load_adapted_model,
+    logit_scale_parameter,
+    lora_target_modules,
+    save_adapters,
+)
+
+
+def _vit_b32_on_meta() -> CLIPModel:
+    # CLIPConfig() defaults are ViT-B/32; on the meta device no memory is allocated.
+    with torch.device("meta"):
+        return CLIPModel(CLIPConfig())
+
+
+@pytest.mark.parametrize(
+    "scope, lora_params",
+    [("both", 983_040), ("vision", 12 * 4 * 8 * (768 + 768)), ("text", 12 * 4 * 8 * (512 + 512))],
+)
+def test_vit_b32_lora_parameter_counts_match_the_seed(scope, lora_params):
+    base = _vit_b32_on_meta()
+    assert count_parameters(base) == (151_277_313, 151_277_313)
+    with torch.device("meta"):
+        adapted = apply_lora(base, LoraSettings(scope=scope))
+    trainable, total = count_parameters(adapted)
+    assert trainable == lora_params + 1  # + logit_scale
+    assert total == 151_277_313 + lora_params
+    if scope == "both":
+        assert (trainable, total) == (983_041, 152_260_353)
+    names = [n for n, p in adapted.named_parameters() if p.requires_grad and "lora_" in n]
+    towers = {"vision_model" if "vision_model" in n else "text_model" for n in names}
+    assert towers == ({"vision_model", "text_model"} if scope == "both" else {f"{scope}_model"})
+
+
+def test_logit_scale_can_stay_frozen():
+    with torch.device("meta"):
+        adapted = apply_lora(_vit_b32_on_meta(), LoraSettings(), train_logit_scale=False)
+    assert count_parameters(adapted)[0] == 983_040
+
+
+def test_unknown_target_modules_are_rejected():
+    with pytest.raises(ValueError, match="no Linear layer"):
+        lora_target_modules(_vit_b32_on_meta(), LoraSettings(target_modules=["query"]))
+
+
+def test_save_load_merge_round_trip(tiny_model_dir, tmp_path, synthetic_data):
+    torch.manual_seed(0)
+    model, processor = load_clip(tiny_model_dir)
+    adapted = apply_lora(model, LoraSettings(r=4, lora_alpha=8))
+    with torch.no_grad():  # lora_B starts at zero; make the adapters do something
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.2)
+        logit_scale_parameter(adapted).fill_(3.3)
+    adapted.eval()
+    keys = sorted(synthetic_data.images)[:6]
+    captions = ["Spicy Tomato Soup", "Banana Pancakes", "Creamy Salmon Tacos"]
+    expected_images, _ = embed_images(adapted, processor, keys, synthetic_data.load_image, batch_size=4, device="cpu")
+    expected_texts, _ = embed_texts(adapted, processor, captions, batch_size=4, device="cpu")
+    base_images, _ = embed_images(load_clip(tiny_model_dir)[0], processor, keys, synthetic_data.load_image,
+                                  batch_size=4, device="cpu")
+    assert not np.allclose(base_images, expected_images, atol=1e-3)  # the adapters matter
+
+    out = save_adapters(adapted, tmp_path / "adapters", logit_scale_parameter(adapted))
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "logit_scale.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    assert json.loads((out / "logit_scale.json").read_text())["logit_scale"] == pytest.approx(3.3)
+
+    for merge in (True, False):
+        loaded, loaded_processor = load_adapted_model(tiny_model_dir, out, "cpu", merge=merge)
+        assert isinstance(loaded, CLIPModel) == merge  # merged: a plain CLIPModel again
+        images, _ = embed_images(loaded, loaded_processor, keys, synthetic_data.load_image, batch_size=4, device="cpu")
+        texts, _ = embed_texts(loaded, loaded_processor, captions, batch_size=4, device="cpu")
+        assert np.allclose(images, expected_images, atol=1e-5)
+        assert np.allclose(texts, expected_texts, atol=1e-5)
+        assert float(logit_scale_parameter(loaded)) == pytest.approx(3.3)
+
+
+def test_load_adapted_model_rejects_a_directory_without_adapters(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_adapted_model(tiny_model_dir, tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        load_adapted_model(tiny_model_dir, tmp_path)
