@@ -34,6 +34,7 @@ _DETAIL_CHARS = 200
 _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_JSON = json.JSONDecoder()
 
 
 def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
@@ -42,7 +43,9 @@ def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
 
 def normalize_caption(text: str) -> str:
     """Collapse whitespace (and control characters) to single spaces and strip."""
-    return " ".join(_CONTROL_CHARS.sub(" ", text).split())
+    if not text.isprintable():  # rare: only then pay for the regex
+        text = _CONTROL_CHARS.sub(" ", text)
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def _first_title(obj: dict) -> str | None:
     return None
 
 
-def _parse_line(raw: bytes, line_no: int, max_line_bytes: int) -> tuple[str, str] | tuple[None, str, str]:
+def _parse_line(raw: bytes, max_line_bytes: int) -> tuple[str, str] | tuple[None, str, str]:
     """Parse one non-blank line: (recipe_id, caption) or (None, reason, detail)."""
     if len(raw) > max_line_bytes:
         return None, "line_too_long", f"line has more than {max_line_bytes} bytes"
@@ -124,8 +127,8 @@ def _parse_line(raw: bytes, line_no: int, max_line_bytes: int) -> tuple[str, str
         return None, "not_utf8", _clip(str(exc))
     text = text.lstrip("\ufeff")  # a UTF-8 BOM (usually on line 1) is not part of the JSON
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        obj = _JSON.decode(text)
+    except (ValueError, RecursionError) as exc:  # ValueError also covers >4300-digit integers
         return None, "malformed_json", _clip(f"{type(exc).__name__}: {exc}")
     if not isinstance(obj, dict):
         return None, "not_an_object", f"JSON {type(obj).__name__}, expected an object"
@@ -158,11 +161,13 @@ def parse_recipes(
     rejected: list[tuple[int, QuarantineRecord]] = []
     lines_read = 0
     for line_no, raw in enumerate(lines, start=1):
+        if isinstance(raw, str):  # a text-mode stream; bytes are the norm
+            raw = raw.encode("utf-8", "surrogateescape")
         raw = raw.rstrip(b"\r\n")
         if not raw.strip():
             continue
         lines_read += 1
-        parsed = _parse_line(raw, line_no, max_line_bytes)
+        parsed = _parse_line(raw, max_line_bytes)
         if parsed[0] is None:
             rejected.append((line_no, QuarantineRecord(_line_source(source, line_no), parsed[1], parsed[2])))
             continue
@@ -249,23 +254,31 @@ def parse_image_keys(
 ) -> tuple[pd.DataFrame, list[QuarantineRecord]]:
     """Parse trusted-zone image keys ``images/<anything>__<recipeId>_<position>.<ext>``.
 
-    Vectorized: one anchored regex extraction over all keys (the fast path); only keys that
-    fail it are classified further (``unsafe_key``, ``bad_extension``, ``unparseable_key``).
+    Vectorized: anchored regex extractions over all keys (the fast path); only keys that
+    fail them are classified further (``unsafe_key``, ``bad_extension``, ``unparseable_key``).
     Returns ``image_key, recipe_id, position`` in input order (repeated keys kept once,
     counted in ``df.attrs["duplicate_keys"]``). Extensions match case-insensitively.
     """
     series = keys if isinstance(keys, pd.Series) else pd.Series(list(keys), dtype=object)
     series = series.astype(object).reset_index(drop=True)
     n_input = len(series)
-    series = series.drop_duplicates()
-    extracted = series.str.extract(_good_key_pattern(prefix, tuple(allowed_extensions)))
-    good = extracted["recipe_id"].notna()
+    if series.is_monotonic_increasing:  # listings come sorted: repeats are neighbours
+        array = series.to_numpy()
+        series = series[np.concatenate(([True], array[1:] != array[:-1]))] if len(array) else series
+    else:
+        series = series.drop_duplicates()
+    pattern = _good_key_pattern(prefix, tuple(allowed_extensions))
+    # Two single-group extractions are cheaper in pandas than one two-group extraction.
+    recipe_ids = series.str.extract(pattern.replace("(?P<position>", "(?:"), expand=False)
+    good = recipe_ids.notna()
     records = _classify_bad_keys(series[~good], prefix, tuple(allowed_extensions)) if (~good).any() else []
+    good_keys = series[good]
+    positions = good_keys.str.extract(pattern.replace("(?P<recipe_id>", "(?:"), expand=False)
     images = pd.DataFrame(
         {
-            "image_key": series[good].astype("str").to_numpy(),
-            "recipe_id": extracted.loc[good, "recipe_id"].astype("str").to_numpy(),
-            "position": extracted.loc[good, "position"].astype("int64").to_numpy(),
+            "image_key": good_keys.astype("str").to_numpy(),
+            "recipe_id": recipe_ids[good].astype("str").to_numpy(),
+            "position": positions.astype("int64").to_numpy(),
         }
     )
     images.attrs["duplicate_keys"] = int(n_input - len(series))

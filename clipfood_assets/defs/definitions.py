@@ -11,12 +11,11 @@ from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapte
 from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
 from clipfood_assets.defs.report.assets import comparison_report
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
-from clipfood_assets.defs.trusted_zone.assets import trusted_images, trusted_recipes
+from clipfood_assets.defs.trusted_zone.assets import trusted_zone
 from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor
 
 ASSETS = [
-    trusted_recipes,
-    trusted_images,
+    trusted_zone,
     positive_pairs,
     fine_tuning_images,
     augmented_training_pairs,

@@ -9,8 +9,9 @@ from pathlib import Path
 from clipfood_assets.lake.base import Lake, LakeError, ObjectInfo, ObjectNotFound, UnsafeKey, validate_key
 from clipfood_assets.lake.local import LocalLake
 from clipfood_assets.lake.s3 import S3Lake
+from clipfood_assets.paths import STATE_DIR
 
-DEFAULT_LAKE_DIR = Path(".clipfood") / "lake"
+DEFAULT_LAKE_DIR = STATE_DIR / "lake"
 
 __all__ = [
     "Lake", "LakeError", "LocalLake", "ObjectInfo", "ObjectNotFound", "S3Lake", "UnsafeKey",

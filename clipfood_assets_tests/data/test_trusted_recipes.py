@@ -89,10 +89,17 @@ def test_broken_lines_are_quarantined_with_their_reason_and_line_number():
     assert recipes.attrs["lines_read"] == 11
 
 
-def test_deeply_nested_json_is_malformed_not_a_crash():
-    recipes, quarantined = parse_recipes([b"[" * 200_000, b'{"a":' * 100_000, recipe_line("a", "Pasta")])
+def test_hostile_json_is_malformed_not_a_crash():
+    lines = [
+        b"[" * 200_000,  # nesting deeper than the recursion limit
+        b'{"a":' * 100_000,
+        b'{"id": ' + b"7" * 5_000 + b', "title": "Too many digits"}',  # beyond int conversion limit
+        b'{"id": "nan", "title": NaN, "title_text_clean": Infinity}',
+        recipe_line("a", "Pasta"),
+    ]
+    recipes, quarantined = parse_recipes(lines)
     assert recipes["recipe_id"].tolist() == ["a"]
-    assert reasons_by_line(quarantined) == {1: "malformed_json", 2: "malformed_json"}
+    assert reasons_by_line(quarantined) == {1: "malformed_json", 2: "malformed_json", 3: "malformed_json", 4: "missing_title"}
 
 
 def test_exact_duplicates_collapse_and_are_counted():
