@@ -135,7 +135,10 @@ def download_upload_sequential(lake: Lake, keys: list[str], workers: int) -> Non
 
 
 def download_upload_parallel(lake: Lake, keys: list[str], workers: int) -> None:
-    parallel(lambda k: lake.put_bytes(FINE_TUNING_ZONE, k, lake.get_bytes(TRUSTED_ZONE, k), "image/jpeg"), keys, workers)
+    def one(key: str) -> None:
+        lake.put_bytes(FINE_TUNING_ZONE, key, lake.get_bytes(TRUSTED_ZONE, key), "image/jpeg")
+
+    parallel(one, keys, workers)
 
 
 def server_side_copy(lake: Lake, keys: list[str], workers: int) -> None:

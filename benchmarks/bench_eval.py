@@ -26,7 +26,7 @@ from transformers import CLIPConfig, CLIPModel
 from clipfood_assets.modeling.base_model import build_base_model, build_image_processor
 from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip, resolve_device, resolve_precision
 from clipfood_assets.modeling.efficiency import configure_cpu_threads, synchronize
-from clipfood_assets.modeling.embed import ImagePreprocessor, _default_workers, embed_images, embed_texts
+from clipfood_assets.modeling.embed import ImagePreprocessor, default_decode_workers, embed_images, embed_texts
 from clipfood_assets.synthetic import generate_recipes, render_dish_image
 
 TARGET_FRACTION = 0.90
@@ -78,7 +78,7 @@ def main() -> None:
     threads = configure_cpu_threads(device)
     precision = resolve_precision(device, args.precision)
     n_images = args.images or (256 if args.model == "tiny" else 64)
-    workers = args.workers or _default_workers()
+    workers = args.workers or default_decode_workers()
     model, processor = build(args.model, device)
     images = jpeg_images(n_images)
     keys = list(images)

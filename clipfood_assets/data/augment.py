@@ -150,30 +150,37 @@ def render_all(
             raise ValueError("render_all needs cfg: the plan carries no augmentation config (e.g. it was re-read from CSV)")
         cfg = AugmentationConfig.model_validate(plan.attrs[PLAN_CONFIG_ATTR])
     result = plan.copy()
-    result["image_ops"] = ""
-    result["error"] = ""
-    rows = result[result["kind"] == "image"]
-    groups = [(source, frame.index.tolist()) for source, frame in rows.groupby("source_image_key", sort=True)]
+    image_ops = np.full(len(result), "", dtype=object)
+    errors = np.full(len(result), "", dtype=object)
+    rows = result.reset_index(drop=True)
+    rows = rows[rows["kind"] == "image"]  # index = row position in result
+    # Plain tuples for the workers: they never touch a DataFrame.
+    groups = [
+        (str(source), frame.index.tolist(), [int(s) for s in frame["seed"]], [str(k) for k in frame["image_key"]])
+        for source, frame in rows.groupby("source_image_key", sort=True)
+    ]
     total = len(rows)
 
-    def render_group(group: tuple[str, list[int]]) -> tuple[list[int], list[str], list[str]]:
-        source_key, index = group
+    def render_group(group: tuple[str, list[int], list[int], list[str]]) -> tuple[list[int], list[str], list[str]]:
+        source_key, index, seeds, targets = group
         try:
-            rendered = render_variants(read(source_key), [int(s) for s in result.loc[index, "seed"]], cfg)
+            rendered = render_variants(read(source_key), seeds, cfg)
         except Exception as exc:  # noqa: BLE001 - a bad source must not stop the other renders
             log.warning("cannot render %s: %s", source_key, exc)
             return index, [""] * len(index), [f"{type(exc).__name__}: {exc}"[:200]] * len(index)
-        for row, (data, _) in zip(index, rendered):
-            write(str(result.at[row, "image_key"]), data)
+        for target, (data, _) in zip(targets, rendered):
+            write(target, data)
         return index, ["+".join(ops) for _, ops in rendered], [""] * len(index)
 
     done = 0
-    for index, ops, errors in bounded_map(render_group, groups, workers=workers, total=len(groups)):
-        result.loc[index, "image_ops"] = ops
-        result.loc[index, "error"] = errors
-        done += len(index)
+    for positions, ops, failures in bounded_map(render_group, groups, workers=workers, total=len(groups)):
+        image_ops[positions] = ops
+        errors[positions] = failures
+        done += len(positions)
         if progress is not None:
             progress(done, total)
+    result["image_ops"] = pd.array(image_ops, dtype="str")
+    result["error"] = pd.array(errors, dtype="str")
     return result
 
 

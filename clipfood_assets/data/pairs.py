@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 PAIR_COLUMNS = ["recipe_id", "image_key", "caption"]
 
 
-def _text(values: pd.Series) -> pd.Series:
-    """As strings, with NaN for missing or blank values (so a mask can drop them)."""
+def _usable(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values as an object array of strings, and a mask of the usable ones (present, not blank)."""
     text = values.astype("str")
-    blank = text.isna() | (text == "") | text.str.isspace().fillna(True).astype(bool)
-    return text.where(~blank)
+    array = text.to_numpy(dtype=object)
+    mask = ~pd.isna(array) & (array != "")
+    mask &= ~text.str.isspace().to_numpy(dtype=bool, na_value=False)
+    return array, mask
 
 
 def _recipe_quarantine(recipe_id: str, reason: str, detail: str) -> QuarantineRecord:
@@ -29,8 +31,11 @@ def _recipe_quarantine(recipe_id: str, reason: str, detail: str) -> QuarantineRe
 
 def _unique_recipes(recipes: pd.DataFrame, quarantined: list[QuarantineRecord]) -> pd.DataFrame:
     """Recipes sorted by id, one row per id; ids given with different captions are quarantined."""
-    recipes = pd.DataFrame({"recipe_id": _text(recipes["recipe_id"]), "caption": _text(recipes["caption"])}).dropna()
-    if not recipes["recipe_id"].is_monotonic_increasing:  # parse_recipes output already is
+    ids, ids_ok = _usable(recipes["recipe_id"])
+    captions, captions_ok = _usable(recipes["caption"])
+    ok = ids_ok & captions_ok
+    recipes = pd.DataFrame({"recipe_id": ids[ok], "caption": captions[ok]})
+    if not pd.Index(recipes["recipe_id"]).is_monotonic_increasing:  # parse_recipes output already is
         recipes = recipes.sort_values(["recipe_id", "caption"], kind="stable")
     ids = recipes["recipe_id"].to_numpy(dtype=object)
     if len(ids) > 1 and (ids[1:] == ids[:-1]).any():  # sorted: repeats are adjacent, cheap to test
@@ -42,25 +47,26 @@ def _unique_recipes(recipes: pd.DataFrame, quarantined: list[QuarantineRecord]) 
     return recipes.reset_index(drop=True)
 
 
-def _unique_images(images: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """Images with a key and a recipe id, each key once (first row kept); and whether keys are sorted."""
-    images = pd.DataFrame({"image_key": _text(images["image_key"]), "recipe_id": _text(images["recipe_id"])}).dropna()
-    keys = images["image_key"]
+def _unique_images(images: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(image keys, recipe ids) with both present, each key once (first row kept), and whether keys are sorted."""
+    keys, keys_ok = _usable(images["image_key"])
+    recipe_ids, recipe_ids_ok = _usable(images["recipe_id"])
+    ok = keys_ok & recipe_ids_ok
+    keys, recipe_ids = keys[ok], recipe_ids[ok]
     # Object listings come back sorted by key, so the cheap path is the usual one.
-    is_sorted = bool(keys.is_monotonic_increasing)
+    is_sorted = bool(pd.Index(keys).is_monotonic_increasing)
     if is_sorted:
-        array = keys.to_numpy(dtype=object)
-        repeat = np.concatenate(([False], array[1:] == array[:-1]))
+        repeat = np.concatenate(([False], keys[1:] == keys[:-1])) if len(keys) else np.zeros(0, dtype=bool)
     else:
-        repeat = keys.duplicated().to_numpy()
-    return images[~repeat].reset_index(drop=True), is_sorted
+        repeat = pd.Index(keys).duplicated()
+    return keys[~repeat], recipe_ids[~repeat], is_sorted
 
 
-def _order_by_recipe_then_key(recipe_rank: np.ndarray, keys: pd.Series, keys_sorted: bool) -> np.ndarray:
+def _order_by_recipe_then_key(recipe_rank: np.ndarray, keys: np.ndarray, keys_sorted: bool) -> np.ndarray:
     """Row order for (recipe, image_key): a stable integer sort when keys are already sorted."""
     if keys_sorted:
         return np.argsort(recipe_rank, kind="stable")
-    by_key = np.argsort(keys.to_numpy(dtype=object), kind="stable")
+    by_key = np.argsort(keys, kind="stable")
     return by_key[np.argsort(recipe_rank[by_key], kind="stable")]
 
 
@@ -91,20 +97,20 @@ def build_positive_pairs(
         for rec in recipes[flag].itertuples(index=False):
             quarantined.append(_recipe_quarantine(rec.recipe_id, reason, f"caption has {len(rec.caption)} characters ({bound})"))
 
-    images, keys_sorted = _unique_images(images)
+    keys, image_recipes, keys_sorted = _unique_images(images)
     # Position of each image's recipe in the id-sorted recipe table: the join and the sort key at once.
-    rank = pd.Index(recipes["recipe_id"]).get_indexer(images["recipe_id"])
+    rank = pd.Index(recipes["recipe_id"]).get_indexer(image_recipes)
     unknown = rank < 0
-    for rec in images[unknown].sort_values("image_key").itertuples(index=False):
-        quarantined.append(QuarantineRecord(rec.image_key, "unknown_recipe", f"no recipe with id {rec.recipe_id!r}"))
+    for at in np.flatnonzero(unknown)[np.argsort(keys[unknown], kind="stable")]:
+        quarantined.append(QuarantineRecord(keys[at], "unknown_recipe", f"no recipe with id {image_recipes[at]!r}"))
     usable = ~unknown
     usable[usable] = ~(too_short | too_long)[rank[usable]]
-    images, rank = images[usable], rank[usable]
-    order = _order_by_recipe_then_key(rank, images["image_key"], keys_sorted)
+    keys, image_recipes, rank = keys[usable], image_recipes[usable], rank[usable]
+    order = _order_by_recipe_then_key(rank, keys, keys_sorted)
     pairs = pd.DataFrame(
         {
-            "recipe_id": images["recipe_id"].to_numpy(dtype=object)[order],
-            "image_key": images["image_key"].to_numpy(dtype=object)[order],
+            "recipe_id": image_recipes[order],
+            "image_key": keys[order],
             "caption": recipes["caption"].to_numpy(dtype=object)[rank[order]],
         }
     ).astype("str")

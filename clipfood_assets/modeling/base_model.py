@@ -20,7 +20,6 @@ room for fine-tuning.
 from __future__ import annotations
 
 import json
-import os
 import logging
 import random
 import time
@@ -196,11 +195,11 @@ def build_image_processor(image_size: int = 64) -> CLIPImageProcessorPil:
 
 def _pretraining_pairs(seed: int, n_recipes: int, image_size: int) -> tuple[list[str], list]:
     # Imported here: the generator is only needed when pre-training is asked for.
-    from clipfood_assets.synthetic import DISHES, INGREDIENTS, generate_recipes, render_dish_picture
+    from clipfood_assets.synthetic import INGREDIENTS, generate_recipes, render_dish_picture
 
-    dishes = DISHES[:: int(os.environ.get("DSTEP", 1))]
-    ingredients = INGREDIENTS[:: int(os.environ.get("ISTEP", 1))]
-    recipes = generate_recipes(n_recipes, seed=seed, dishes=dishes, ingredients=ingredients)
+    # A generic corpus covers every dish but only half of the ingredients: like a public
+    # CLIP that knows "soup" but not every food in our recipes, so fine-tuning has a job.
+    recipes = generate_recipes(n_recipes, seed=seed, ingredients=INGREDIENTS[::2])
     captions, images = [], []
     for recipe in recipes:
         for position in range(1, recipe["n_images"] + 1):
@@ -349,6 +348,7 @@ def build_base_model(
     image_size: int = 64,
     patch_size: int = 8,
     pretrain_steps: int = 0,
+    pretrain_recipes: int = 400,
     progress: PretrainProgress | None = None,
 ) -> Path:
     """Build, optionally pre-train, and save the offline base CLIP into ``out_dir``.
@@ -378,7 +378,7 @@ def build_base_model(
         processor,
         steps=pretrain_steps,
         seed=seed + PRETRAIN_DATA_SEED_OFFSET,
-        n_recipes=int(os.environ.get('NPRE', 400)),
+        n_recipes=pretrain_recipes,
         progress=progress,
     )
     model.eval()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -12,19 +11,12 @@ from transformers import CLIPModel, CLIPProcessor
 
 logger = logging.getLogger(__name__)
 
-BASE_MODEL_ENV = "CLIPFOOD_BASE_MODEL"
-
 _OFFLINE_HELP = (
     "Could not load CLIP model {name!r}: the model hub is unreachable and no local copy exists "
     "({error}). To work offline build a local base model with `clipfood base-model --out DIR` "
-    "and set `model.name` in the experiment config (or the " + BASE_MODEL_ENV + " environment "
+    "and set `model.name` in the experiment config (or the CLIPFOOD_BASE_MODEL environment "
     "variable) to DIR."
 )
-
-
-def resolve_model_name(configured: str) -> str:
-    """The model to load: ``$CLIPFOOD_BASE_MODEL`` when set, else the configured name."""
-    return os.environ.get(BASE_MODEL_ENV) or configured
 
 
 def _refuse_pickle_only(path: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from clipfood_assets.modeling.clip import autocast_context
-from clipfood_assets.modeling.efficiency import peak_memory, reset_peak_memory, synchronize
+from clipfood_assets.modeling.efficiency import available_cores, peak_memory, reset_peak_memory, synchronize
 
 LoadImage = Callable[[str], bytes]
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
@@ -159,10 +159,9 @@ def iter_uint8_batches(
             yield torch.stack(batch)
 
 
-def _default_workers() -> int:
-    import os
-
-    return max(2, min(8, os.cpu_count() or 2))
+def default_decode_workers() -> int:
+    """Image decoding threads: one per core (at least 2 so reading overlaps decoding), at most 8."""
+    return max(2, min(8, available_cores()))
 
 
 def _l2_normalised(features: torch.Tensor) -> np.ndarray:
@@ -199,7 +198,7 @@ def embed_images(
     start = time.perf_counter()
     chunks = []
     for uint8_batch in iter_uint8_batches(
-        keys, load_image, preprocessor, batch_size=batch_size, workers=workers or _default_workers()
+        keys, load_image, preprocessor, batch_size=batch_size, workers=workers or default_decode_workers()
     ):
         pixels = preprocessor.normalize(uint8_batch.to(device, non_blocking=True))
         with autocast_context(device, precision):

@@ -480,7 +480,7 @@ def _train_epochs(
                 "elapsed_s": state["elapsed_s"],
             }
             state["logs"]["steps"].append(record)
-            logger.info("step %(step)d epoch %(epoch)d loss %(loss).4f lr %(lr).2e", record)
+            logger.debug("step %(step)d epoch %(epoch)d loss %(loss).4f lr %(lr).2e", record)
 
             last_of_epoch = batch_index + 1 == len(batches)
             if last_of_epoch:
@@ -488,6 +488,7 @@ def _train_epochs(
                     "epoch": epoch + 1, "avg_loss": state["epoch_loss_sum"] / max(1, state["epoch_steps"]),
                     "time_s": state["epoch_time_s"],
                 })
+                logger.info("epoch %(epoch)d avg loss %(avg_loss).4f (%(time_s).1f s)", state["logs"]["epochs"][-1])
                 state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_steps=0, epoch_time_s=0.0)
             finished = last_of_epoch and epoch + 1 == training.epochs
             if state["step"] % training.checkpoint_every_steps == 0 or finished:

@@ -207,3 +207,13 @@ def test_unrendered_plan_is_refused_and_options_respected(small_pairs, store, cf
     augmented = build_augmented_pairs(small_pairs, plan_augmentations(small_pairs, two_negatives), two_negatives)
     assert (augmented["label"] == 0).sum() == 2 * len(small_pairs)
     assert label_balance(augmented, expected_positive_share=1 / 3)[0]
+
+
+def test_render_all_accepts_a_filtered_plan_with_gaps_in_its_index(small_pairs, store, cfg):
+    plan = plan_augmentations(small_pairs, cfg)
+    part = plan[plan["kind"] == "image"].iloc[::3]
+    result = render_all(part, store.__getitem__, store.__setitem__, workers=2, cfg=cfg)
+    assert result.index.equals(part.index)
+    assert (result["image_ops"] != "").all() and (result["error"] == "").all()
+    for key, ops in zip(result["image_key"], result["image_ops"]):
+        assert key in store and ops

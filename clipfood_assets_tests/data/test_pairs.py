@@ -9,7 +9,7 @@ from .factories import synthetic_id
 
 def frames(recipes, image_keys):
     recipe_frame = pd.DataFrame(recipes, columns=["recipe_id", "caption"])
-    images = pd.DataFrame({"image_key": image_keys})
+    images = pd.DataFrame({"image_key": pd.Series(image_keys, dtype="str")})
     images["recipe_id"] = images["image_key"].str.extract(r"__(.+)_\d+\.\w+$", expand=False)
     return recipe_frame, images
 
@@ -152,3 +152,12 @@ def test_test_share_is_roughly_uniform_over_recipes():
     ids = np.sort(pairs["recipe_id"].unique())
     share_first_half = np.isin(ids[:1000], test["recipe_id"].unique()).mean()
     assert 0.15 < share_first_half < 0.25
+
+
+def test_empty_inputs_give_empty_pairs_with_columns():
+    recipes, images = frames([], [])
+    pairs, quarantined = build_positive_pairs(recipes, images)
+    assert pairs.columns.tolist() == ["recipe_id", "image_key", "caption"] and pairs.empty and quarantined == []
+    recipes, images = frames([], ["images/x__a_0.jpg"])
+    pairs, quarantined = build_positive_pairs(recipes, images)
+    assert pairs.empty and [q.reason for q in quarantined] == ["unknown_recipe"]

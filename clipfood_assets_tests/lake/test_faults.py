@@ -348,14 +348,23 @@ def _tiny_jpeg(i: int) -> bytes:
 
 
 class StopsServerAfterCopies(S3Lake):
-    """An S3 lake that stops the server once ``after`` server-side copies have completed."""
+    """An S3 lake that stops the server once ``after`` server-side copies have completed.
+
+    Copies beyond the first ``after`` wait for the outage before they are sent, so exactly
+    ``after`` copies land however the thread pool schedules them.
+    """
 
     def __init__(self, endpoint, server, stopped: threading.Event, after: int):
         super().__init__(endpoint, "testing", "testing", secure=False, retries=1, backoff=0.01, timeout=2)
         self._server, self._stopped, self._after = server, stopped, after
-        self._lock, self.copies = threading.Lock(), 0
+        self._lock, self.started, self.copies = threading.Lock(), 0, 0
 
     def copy(self, *args, **kwargs):
+        with self._lock:
+            self.started += 1
+            late = self.started > self._after
+        if late:
+            self._stopped.wait(timeout=30)
         etag = super().copy(*args, **kwargs)
         with self._lock:
             self.copies += 1
@@ -387,11 +396,11 @@ def test_interrupted_copy_resumes_to_the_same_zone(s3_server, s3_lake):
         faulty = StopsServerAfterCopies(s3_server.endpoint, s3_server, stopped, after=10)
         with pytest.raises(LakeError):
             copy_images(faulty, keys, workers=4)
-    assert stopped.is_set()
+    assert stopped.is_set() and faulty.copies == 10
 
     partial = _fine_tuning_images(s3_lake)
     done = [k for k, _ in partial if k != stale]
-    assert 10 <= len(done) < len(keys), "the outage should have cut the copy short"
+    assert len(done) == 10 and stale in dict(partial), "the outage cut the copy short, before the clean-up"
 
     resumed = copy_images(s3_lake, keys, workers=4)
     # Only what was missing is copied again; what landed before the outage is recognised by ETag.

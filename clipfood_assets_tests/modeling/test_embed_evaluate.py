@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -45,6 +46,17 @@ def test_image_preprocessing_matches_the_processor(tiny, synthetic_data):
         ours = preprocessor.normalize(preprocessor.to_uint8(data)[None])[0]
         assert ours.shape == (3, 64, 64)
         assert torch.allclose(ours, _reference_pixels(processor, data), atol=1e-5)
+
+
+def test_fast_jpeg_decode_stays_close_to_the_exact_pixels(tiny, synthetic_data):
+    _, processor = tiny
+    exact, fast = ImagePreprocessor(processor), ImagePreprocessor(processor, fast_jpeg_decode=True)
+    for data in list(synthetic_data.images.values())[:3]:
+        a, b = exact.to_uint8(data).float(), fast.to_uint8(data).float()
+        assert a.shape == b.shape
+        assert 0 < (a - b).abs().mean() < 3  # reduced-scale decoding really happened, a few levels off
+    png = _encode(Image.new("RGB", (512, 300), (10, 200, 30)), "PNG")
+    assert torch.equal(exact.to_uint8(png), fast.to_uint8(png))  # only JPEGs have DCT scaling
 
 
 def test_exif_orientation_is_applied(tiny):
@@ -146,6 +158,7 @@ def m0_results(tiny, synthetic_data, eval_cfg):
 
 def test_results_schema_and_protocol(m0_results, synthetic_data):
     results, examples = m0_results
+    assert json.loads(json.dumps(results)) == results and json.loads(json.dumps(examples)) == examples
     pairs = synthetic_data.test_pairs
     assert list(results) == ["model", "n_pairs", "n_recipes", "n_images", "metrics", "confidence_intervals",
                              "first_hit_ranks", "efficiency", "protocol"]

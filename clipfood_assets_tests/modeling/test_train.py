@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -30,6 +31,7 @@ def test_training_lowers_the_loss_and_reports(tiny_model_dir, synthetic_data, tm
     result = train_lora(str(tiny_model_dir), synthetic_data.train_pairs, synthetic_data.load_image, cfg,
                         device="cpu", work_dir=tmp_path, log=seen.append)
     logs = result.training_logs
+    assert json.loads(json.dumps(logs)) == logs
     positives = int((synthetic_data.train_pairs["label"] == 1).sum())
     steps_per_epoch = len(epoch_batches(positives, 16, cfg.seed, 0))
     assert len(logs["steps"]) == 3 * steps_per_epoch == len(seen)

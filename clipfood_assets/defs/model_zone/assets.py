@@ -163,7 +163,7 @@ def lora_adapters(
             device=device,
             work_dir=work_dir,
             on_checkpoint=lambda path: _sync_checkpoint(store, run_key, path, cfg.training.keep_checkpoints),
-            log=lambda entry: context.log.info(str(entry)),
+            log=lambda entry: context.log.info(str(entry)) if entry["step"] % 25 == 0 else None,
         )
         logs = result.training_logs
         efficiency = {
