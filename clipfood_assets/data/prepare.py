@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from clipfood_assets.data.pairs import build_positive_pairs, split_by_recipe
-from clipfood_assets.data.quarantine import QuarantineRecord, quarantine_frame
-from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_image
+from clipfood_assets.data.quarantine import quarantine_frame
+from clipfood_assets.data.parallel import bounded_map
+from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_images
 from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
@@ -42,16 +42,8 @@ class PositivePairs:
     stats: dict = field(default_factory=dict)
 
 
-def _parallel(fn, items, workers: int, progress: Progress | None, every: int = 500):
-    """Map fn over items on a thread pool (object storage is I/O bound), reporting progress."""
-    results = []
-    total = len(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, result in enumerate(pool.map(fn, items), start=1):
-            results.append(result)
-            if progress and (i % every == 0 or i == total):
-                progress(i, total)
-    return results
+def _parallel(fn, items: list, workers: int, progress: Progress | None = None) -> list:
+    return list(bounded_map(fn, items, workers=workers, total=len(items), progress=progress))
 
 
 def read_positive_pairs(
@@ -62,12 +54,15 @@ def read_positive_pairs(
     min_caption_chars: int = 3,
     max_caption_chars: int = 200,
     max_image_pixels: int = 40_000_000,
+    max_line_bytes: int = 1_000_000,
     workers: int = 16,
     progress: Progress | None = None,
 ) -> PositivePairs:
     """Trusted zone -> positive pairs split by recipe; every bad record quarantined with its reason."""
     try:
-        recipes, recipe_quarantine = parse_recipes(iter_lines(lake.iter_chunks(TRUSTED_ZONE, RECIPES_KEY)))
+        recipes, recipe_quarantine = parse_recipes(
+            iter_lines(lake.iter_chunks(TRUSTED_ZONE, RECIPES_KEY), max_line_bytes), max_line_bytes
+        )
     except ObjectNotFound:
         raise LakeError(
             f"the trusted zone has no {lake.uri(TRUSTED_ZONE, RECIPES_KEY)}; "
@@ -78,15 +73,13 @@ def read_positive_pairs(
 
     # Only images that could pair are downloaded to be checked: the rest is quarantined by key alone.
     known = images[images["recipe_id"].isin(set(recipes["recipe_id"]))]
-
-    def check(key: str) -> QuarantineRecord | None:
-        try:
-            return validate_image(key, lake.get_bytes(TRUSTED_ZONE, key), max_pixels=max_image_pixels)
-        except ObjectNotFound:
-            return QuarantineRecord(key, "missing_image", "listed but gone when read")
-
-    verdicts = _parallel(check, known["image_key"].tolist(), workers, progress)
-    image_quarantine = [v for v in verdicts if v is not None]
+    image_quarantine = validate_images(
+        known["image_key"].tolist(),
+        read=lambda key: lake.get_bytes(TRUSTED_ZONE, key),
+        workers=workers,
+        max_pixels=max_image_pixels,
+        progress=progress,
+    )
     bad = {q.source for q in image_quarantine}
     images = images[~images["image_key"].isin(bad)]
 

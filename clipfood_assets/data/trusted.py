@@ -386,14 +386,17 @@ def validate_images(
     """Read and validate many images in parallel; return the quarantine records (input order).
 
     ``read(key) -> bytes`` is the storage access (e.g. a lake client's get); a read that raises
-    becomes an ``unreadable_image`` record instead of failing the whole batch.
+    KeyError/FileNotFoundError (object gone) becomes an ``unreadable_image`` record; any other
+    error (storage down) propagates.
     """
     key_list = list(keys)
 
     def check(key: str) -> QuarantineRecord | None:
         try:
             data = read(key)
-        except Exception as exc:  # noqa: BLE001 - one unreadable object must not sink the batch
+        except (KeyError, FileNotFoundError) as exc:
+            # Gone between listing and reading: a data problem. Any other storage error
+            # (server down) propagates, so an outage never quarantines good images.
             return QuarantineRecord(key, "unreadable_image", _clip(f"{type(exc).__name__}: {exc}"))
         return validate_image(key, data, max_pixels=max_pixels, min_side=min_side)
 

@@ -11,7 +11,7 @@ from typing import BinaryIO
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.util.retry import Retry
 
 from clipfood_assets.lake.base import (
@@ -86,6 +86,9 @@ class S3Lake(Lake):
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(f"no object {what}") from None
             raise LakeError(f"S3 error on {what}: {exc.code} {exc.message}") from exc
+        except (ServerError, InvalidResponseError) as exc:
+            # 5xx after the retries ran out, or a proxy's non-S3 answer (an HTML 503).
+            raise LakeError(f"S3 server error on {what} at {self.endpoint}: {exc}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise LakeError(f"S3 server unreachable for {what} at {self.endpoint}: {exc}") from exc
 
@@ -141,7 +144,7 @@ class S3Lake(Lake):
         validate_key(key)
         response = self._call(self.uri(bucket, key), self._client.get_object, bucket_name=bucket, object_name=key)
         try:
-            yield response
+            yield _GuardedBody(response, f"{self.uri(bucket, key)} at {self.endpoint}")
         finally:
             response.close()
             response.release_conn()
@@ -191,3 +194,17 @@ class S3Lake(Lake):
 
     def uri(self, bucket, key=""):
         return f"s3://{bucket}/{key}"
+
+
+class _GuardedBody:
+    """A response body whose read errors (connection lost mid-download) are LakeErrors naming the object."""
+
+    def __init__(self, response, what: str):
+        self._response = response
+        self._what = what
+
+    def read(self, amt: int | None = None) -> bytes:
+        try:
+            return self._response.read(amt)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise LakeError(f"connection lost while reading {self._what}: {exc}") from exc

@@ -11,15 +11,14 @@ import http.client
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import urllib3
-from minio.error import InvalidResponseError, ServerError
+from minio.error import InvalidResponseError
 from PIL import Image
 
 from clipfood_assets.data.prepare import copy_images
@@ -43,6 +42,7 @@ class FaultProxy:
     ``fail_first``: how many requests get a 503 (``fail_body``/``fail_type``) before the proxy
     forwards. ``stall``: seconds to hold every request before forwarding (released at close).
     ``truncate``: forward, but cut every response body in half (a connection lost mid-download).
+    ``fail_if(method, path)``: which requests count for ``fail_first`` (default: all).
     """
 
     def __init__(
@@ -53,11 +53,12 @@ class FaultProxy:
         fail_body: bytes = SLOW_DOWN_XML,
         fail_type: str = "application/xml",
         truncate: bool = False,
+        fail_if: Callable[[str, str], bool] = lambda method, path: True,
     ):
         self.upstream_host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
         self.fail_first, self.stall = fail_first, stall
-        self.fail_body, self.fail_type, self.truncate = fail_body, fail_type, truncate
+        self.fail_body, self.fail_type, self.truncate, self.fail_if = fail_body, fail_type, truncate, fail_if
         self.seen: list[tuple[str, str, int]] = []  # (method, path, status answered)
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -82,7 +83,7 @@ class FaultProxy:
 
     def _next_is_fault(self, method: str, path: str) -> bool:
         with self._lock:
-            fault = sum(1 for _, _, s in self.seen if s == 503) < self.fail_first
+            fault = self.fail_if(method, path) and sum(1 for _, _, s in self.seen if s == 503) < self.fail_first
             self.seen.append((method, path, 503 if fault else 0))
             return fault
 
@@ -192,12 +193,6 @@ def test_503s_beyond_the_retry_budget_fail_naming_the_object(fault_proxy, s3_lak
     assert lake.get_bytes(TRUSTED_ZONE, "documents/recipes.jsonl") == b"{}\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ServerError,
-    reason="S3Lake._call catches S3Error, not minio's ServerError: a HEAD answered 503 (no XML body "
-    "possible) escapes as minio.error.ServerError instead of LakeError",
-)
 def test_persistent_503_on_stat_is_a_lake_error(fault_proxy, s3_lake):
     s3_lake.put_bytes(TRUSTED_ZONE, "documents/recipes.jsonl", b"{}\n")
     proxy = fault_proxy(fail_first=100)
@@ -210,12 +205,6 @@ def test_persistent_503_on_stat_is_a_lake_error(fault_proxy, s3_lake):
         pytest.fail("stat through a server answering 503 must fail")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidResponseError,
-    reason="S3Lake._call catches S3Error, not minio's InvalidResponseError: a gateway's HTML 503 "
-    "escapes as minio.error.InvalidResponseError instead of LakeError",
-)
 def test_gateway_html_503_is_a_lake_error(fault_proxy, s3_lake):
     s3_lake.put_bytes(TRUSTED_ZONE, "documents/recipes.jsonl", b"{}\n")
     proxy = fault_proxy(fail_first=100, fail_body=GATEWAY_HTML, fail_type="text/html")
@@ -226,6 +215,38 @@ def test_gateway_html_503_is_a_lake_error(fault_proxy, s3_lake):
         assert "s3://trusted-zone/documents/recipes.jsonl" in str(exc)
     else:
         pytest.fail("a read through a gateway answering 503 must fail")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidResponseError,
+    reason="S3Lake.list catches S3Error and urllib3/OS errors around the page iteration, not minio's "
+    "ServerError/InvalidResponseError: a gateway's 503 on a ListObjectsV2 page escapes",
+)
+def test_503_on_a_listing_page_is_a_lake_error(fault_proxy, s3_lake):
+    s3_lake.put_bytes(TRUSTED_ZONE, "images/soup__r1_1.jpg", b"\xff\xd8\xff")
+    # The bucket check passes; the ListObjectsV2 pages get a gateway's 503.
+    proxy = fault_proxy(fail_first=100, fail_body=GATEWAY_HTML, fail_type="text/html",
+                        fail_if=lambda method, path: "list-type=2" in path)
+    lake = client(proxy.endpoint, retries=1)
+    with pytest.raises(LakeError, match=r"s3://trusted-zone/images/"):
+        list(lake.list(TRUSTED_ZONE, "images/"))
+    assert proxy.failures == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidResponseError,
+    reason="S3Lake.ensure_bucket calls make_bucket outside _call and catches only S3Error: a gateway's "
+    "503 on bucket creation escapes as InvalidResponseError",
+)
+def test_503_when_creating_a_zone_is_a_lake_error(fault_proxy, s3_lake):
+    proxy = fault_proxy(fail_first=100, fail_body=GATEWAY_HTML, fail_type="text/html",
+                        fail_if=lambda method, path: method == "PUT" and path.rstrip("/") == f"/{FINE_TUNING_ZONE}")
+    lake = client(proxy.endpoint, retries=1)
+    with pytest.raises(LakeError, match=FINE_TUNING_ZONE):
+        lake.put_bytes(FINE_TUNING_ZONE, "datasets/train_pairs_positive.csv", b"recipe_id,image_key,caption\n")
+    assert proxy.failures == 2
 
 
 # (b) a stalled server: the timeout turns a hang into a clear error.
@@ -248,12 +269,6 @@ def test_stalled_server_times_out_with_a_clear_error(fault_proxy, s3_lake, opera
     assert elapsed < 20, f"a stalled server held the caller for {elapsed:.1f} s"  # a hang, not a speed target
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=urllib3.exceptions.ProtocolError,
-    reason="S3Lake.open yields minio's raw urllib3 response: a connection lost mid-body raises "
-    "urllib3's ProtocolError (IncompleteRead) from read(), outside S3Lake._call, instead of LakeError",
-)
 def test_connection_lost_mid_download_is_a_lake_error(fault_proxy, s3_lake):
     s3_lake.put_bytes(TRUSTED_ZONE, "images/soup__r1_1.jpg", b"\xff\xd8\xff" + bytes(range(256)) * 64)
     proxy = fault_proxy(truncate=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from reporting_inputs import Inputs, make_inputs
+from clipfood_assets_tests.reporting.reporting_inputs import Inputs, make_inputs
 
 
 @pytest.fixture(scope="module")

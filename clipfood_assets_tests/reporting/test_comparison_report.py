@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from reporting_inputs import DIRECTIONS, Inputs, make_inputs, queries
+from clipfood_assets_tests.reporting.reporting_inputs import DIRECTIONS, Inputs, make_inputs, queries
 
 from clipfood_assets.reporting import REPORT_FILES, Report, RunArtifacts, build_comparison_report
 from clipfood_assets.reporting.analysis import analyse

@@ -32,7 +32,13 @@ class PairingConfig(dg.Config):
 
 
 def _progress(context, what: str):
-    return lambda done, total: context.log.info(f"{what}: {done}/{total}")
+    """Log about every tenth of the way (progress callbacks fire once per item)."""
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"{what}: {done}/{total}")
+
+    return report
 
 
 @dg.multi_asset(
