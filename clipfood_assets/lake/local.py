@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,19 +101,30 @@ class LocalLake(Lake):
 
     def _walk(self, bucket: str, base: Path, directory: Path, prefix: str) -> Iterator[ObjectInfo]:
         try:
-            # Sort as S3 does, by full key: a folder "a" sorts as "a/".
-            entries = sorted(os.scandir(directory), key=lambda e: e.name + "/" if e.is_dir() else e.name)
+            names = os.listdir(directory)
         except FileNotFoundError:
             return
-        for entry in entries:
-            if entry.name.startswith(_TMP_PREFIX):
-                continue
-            rel = Path(entry.path).relative_to(base).as_posix()
-            if entry.is_dir(follow_symlinks=False):
+        # Sort names as S3 sorts keys (a folder "a" as "a/"); names only, so a flat folder of
+        # 100,000 images costs little memory.
+        kinds = {}
+        for name in names:
+            if not name.startswith(_TMP_PREFIX):
+                path = directory / name
+                kinds[name + "/" if path.is_dir() and not path.is_symlink() else name] = path
+        for sort_name in sorted(kinds):
+            path = kinds[sort_name]
+            rel = path.relative_to(base).as_posix()
+            if sort_name.endswith("/"):
                 if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
-                    yield from self._walk(bucket, base, Path(entry.path), prefix)
-            elif entry.is_file(follow_symlinks=False) and rel.startswith(prefix):
-                st = entry.stat()
+                    yield from self._walk(bucket, base, path, prefix)
+                continue
+            if not rel.startswith(prefix):
+                continue
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted while listing
+            if stat.S_ISREG(st.st_mode):
                 yield ObjectInfo(bucket, rel, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key):

@@ -102,6 +102,8 @@ class S3Lake(Lake):
             except S3Error as exc:  # a concurrent writer may have created it
                 if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise LakeError(f"cannot create bucket {bucket}: {exc.code}") from exc
+            except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise LakeError(f"cannot create bucket {self.uri(bucket)} at {self.endpoint}: {exc}") from exc
         self._buckets.add(bucket)
 
     def _info(self, bucket: str, key: str, etag: str | None, size: int, modified) -> ObjectInfo:
@@ -167,6 +169,8 @@ class S3Lake(Lake):
                 yield self._info(bucket, obj.object_name, obj.etag, obj.size, obj.last_modified)
         except S3Error as exc:
             raise LakeError(f"S3 error listing {self.uri(bucket, prefix)}: {exc.code}") from exc
+        except (ServerError, InvalidResponseError) as exc:
+            raise LakeError(f"S3 server error listing {self.uri(bucket, prefix)} at {self.endpoint}: {exc}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise LakeError(f"S3 server unreachable listing {self.uri(bucket, prefix)}: {exc}") from exc
 

@@ -7,8 +7,8 @@ with ``save_pretrained``; it loads through exactly the same code path as
     CLIPModel.from_pretrained(out_dir, use_safetensors=True)
     CLIPProcessor.from_pretrained(out_dir)
 
-The tokenizer is a real byte-level BPE trained with the ``tokenizers`` library on generic
-food captions (CLIP's own tokenizer is byte-level BPE with a ``</w>`` end-of-word suffix),
+The tokenizer is a real byte-level BPE learned on generic food captions and run by
+transformers' ``CLIPTokenizer`` (``tokenizers`` backend) (CLIP's own tokenizer is byte-level BPE with a ``</w>`` end-of-word suffix),
 so titles it never saw still get distinct ids. ``CLIPTokenizer()`` without vocab files would
 give a 2-token vocabulary that maps every word to end-of-text: never build it that way.
 
@@ -19,15 +19,15 @@ room for fine-tuning.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -71,10 +71,9 @@ PretrainProgress = Callable[[int, int, float], None]
 # --------------------------------------------------------------------------- tokenizer
 
 
-def _bpe_trainer_tokenizer() -> Tokenizer:
-    tokenizer = Tokenizer(
-        models.BPE(unk_token=EOS_TOKEN, continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD)
-    )
+def _clip_pre_tokenizer() -> Tokenizer:
+    """CLIP's normalisation and byte-level pre-tokenisation (the BPE model is filled in later)."""
+    tokenizer = Tokenizer(models.BPE(unk_token=EOS_TOKEN, end_of_word_suffix=END_OF_WORD))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
@@ -84,22 +83,66 @@ def _bpe_trainer_tokenizer() -> Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
-def _complete_byte_alphabet(vocab: dict[str, int]) -> dict[str, int]:
-    """Add every byte symbol, bare and with ``</w>``, as CLIP's vocabulary has.
+def _word_counts(captions: list[str]) -> Counter[tuple[str, ...]]:
+    """Pre-tokenised words as byte symbols, the last one carrying ``</w>``, with counts."""
+    clip = _clip_pre_tokenizer()
+    counts: Counter[tuple[str, ...]] = Counter()
+    for caption in captions:
+        for word, _ in clip.pre_tokenizer.pre_tokenize_str(clip.normalizer.normalize_str(caption)):
+            counts[(*word[:-1], word[-1] + END_OF_WORD)] += 1
+    return counts
 
-    The BPE trainer only adds ``x</w>`` for bytes it saw ending a word; an unseen word ending
-    in another byte would otherwise become the unknown token, which is end-of-text here.
+
+def _merge_word(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            merged.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return tuple(merged)
+
+
+def _learn_merges(word_counts: Counter[tuple[str, ...]], n_merges: int, min_frequency: int = 2) -> list[tuple[str, str]]:
+    """Byte-pair merges, most frequent pair first, ties broken by the pair itself.
+
+    Written out rather than using ``tokenizers.trainers.BpeTrainer``, whose tie-breaking
+    follows symbol ids assigned in hash-map order: two runs on the same captions give
+    different vocabularies, and a base model must be reproducible from its seed.
     """
-    completed = dict(vocab)
-    for symbol in pre_tokenizers.ByteLevel.alphabet():
-        for piece in (symbol, symbol + END_OF_WORD):
-            if piece not in completed:
-                completed[piece] = len(completed)
-    return completed
+    words = dict(word_counts)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < min_frequency:
+            break
+        merges.append(best)
+        words = {_merge_word(word, best) if best[0] in word else word: count for word, count in words.items()}
+    return merges
+
+
+def _clip_vocabulary(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """CLIP's layout: special tokens, every byte symbol bare, every byte symbol ending a word,
+    then one token per merge. The full byte alphabet means no word ever becomes the unknown
+    token (which is end-of-text here), whatever the text."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [BOS_TOKEN, EOS_TOKEN, *alphabet, *(symbol + END_OF_WORD for symbol in alphabet)]
+    tokens += [left + right for left, right in merges]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab
 
 
 def train_tokenizer(captions: list[str], vocab_size: int = 2048) -> CLIPTokenizer:
@@ -108,28 +151,17 @@ def train_tokenizer(captions: list[str], vocab_size: int = 2048) -> CLIPTokenize
     Same normalisation (NFC, whitespace collapse, lower-case), pre-tokenisation and
     ``</w>`` suffix as OpenAI's CLIP tokenizer; ``<|startoftext|>`` (id 0) and
     ``<|endoftext|>`` (id 1, also the pad token, as in CLIP) wrap every sequence;
-    ``model_max_length`` is 77. ``vocab_size`` is an upper bound on the final vocabulary.
+    ``model_max_length`` is 77. ``vocab_size`` is an upper bound: merges stop earlier when
+    no pair occurs twice. Same captions, same tokenizer.
     """
-    alphabet_size = 2 * len(pre_tokenizers.ByteLevel.alphabet())
-    if vocab_size < alphabet_size + 2:
-        raise ValueError(f"vocab_size must be >= {alphabet_size + 2} to hold the byte alphabet, got {vocab_size}")
+    base_size = len(_clip_vocabulary([]))
+    if vocab_size < base_size:
+        raise ValueError(f"vocab_size must be >= {base_size} to hold the byte alphabet, got {vocab_size}")
     if not captions:
         raise ValueError("captions must not be empty")
-    backend = _bpe_trainer_tokenizer()
-    trainer = trainers.BpeTrainer(
-        # Room is left for the byte alphabet that _complete_byte_alphabet may append.
-        vocab_size=vocab_size - len(pre_tokenizers.ByteLevel.alphabet()),
-        special_tokens=[BOS_TOKEN, EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix=END_OF_WORD,
-        show_progress=False,
-    )
-    backend.train_from_iterator(captions, trainer)
-    trained = json.loads(backend.to_str())["model"]
-    vocab = _complete_byte_alphabet(trained["vocab"])
-    merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in trained["merges"]]
+    merges = _learn_merges(_word_counts(captions), n_merges=vocab_size - base_size)
     tokenizer = CLIPTokenizer(
-        vocab=vocab,
+        vocab=_clip_vocabulary(merges),
         merges=merges,
         unk_token=EOS_TOKEN,
         bos_token=BOS_TOKEN,
@@ -330,8 +362,9 @@ It knows nothing about real food photos: it is only meaningful on the synthetic 
 | tokenizer | byte-level BPE, {len(tokenizer)} tokens, bos {tokenizer.bos_token_id}, \
 eos/pad {tokenizer.eos_token_id}, max length {tokenizer.model_max_length} |
 
-Tokenizer: trained with the `tokenizers` library on `caption_corpus(seed={seed + TOKENIZER_CORPUS_SEED_OFFSET})`,
-generic captions from the generator's vocabulary, not any trusted zone's titles.
+Tokenizer: CLIP-style byte-level BPE (`</w>` word ends, full byte alphabet, lower-cased) learned on
+`caption_corpus(seed={seed + TOKENIZER_CORPUS_SEED_OFFSET})`, generic captions from the generator's vocabulary,
+not any trusted zone's titles; served by transformers' `CLIPTokenizer`.
 
 {pretraining}
 

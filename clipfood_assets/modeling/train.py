@@ -7,6 +7,8 @@ recipe are not negatives, and the labelled negative captions of the batch's imag
 the image->text denominator.  Images are decoded once per run into a uint8 cache by a
 thread pool that runs ahead of the loop.  A run resumes from the latest complete
 checkpoint in ``work_dir/checkpoints`` and ends with the same weights as an uninterrupted run.
+Under ``torchrun`` each process encodes a slice of every step and contrasts against the
+gathered global batch (:mod:`clipfood_assets.modeling.distributed`): same result as one process.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ import torch
 from clipfood_assets.modeling.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip, resolve_precision
 from clipfood_assets.modeling.config import ExperimentConfig, config_to_yaml
+from clipfood_assets.modeling.distributed import (
+    DistributedWorld,
+    assert_same_on_all_ranks,
+    average_gradients,
+    broadcast_parameters,
+    gather_contrastive_batch,
+    local_micro_batch_size,
+    shard_bounds,
+)
 from clipfood_assets.modeling.efficiency import configure_cpu_threads, peak_memory, reset_peak_memory
 from clipfood_assets.modeling.embed import ImagePreprocessor, text_max_length
 from clipfood_assets.modeling.losses import (
@@ -135,14 +146,15 @@ def prepare_training_pairs(train_pairs: pd.DataFrame, *, use_labelled_negatives:
     )
 
 
-def epoch_batches(n_pairs: int, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_batches(n_pairs: int, batch: int, seed: int, epoch: int, min_pairs: int = 2) -> list[np.ndarray]:
     """Pair indices of each optimizer step of ``epoch``: a seeded permutation cut into batches.
 
-    A trailing batch of a single pair is dropped (it has no negative to learn from).
+    A trailing batch of fewer than ``min_pairs`` pairs is dropped (one pair has no negative
+    to learn from; N processes need at least one pair each).
     """
     order = np.random.default_rng([seed, epoch]).permutation(n_pairs)
     batches = [order[i:i + batch] for i in range(0, n_pairs, batch)]
-    return [b for b in batches if len(b) >= 2]
+    return [b for b in batches if len(b) >= max(2, min_pairs)]
 
 
 @dataclass
@@ -205,10 +217,14 @@ class TokenCache:
 
 
 def _micro_batches(
-    batch: np.ndarray, pairs: TrainingPairs, micro: int, images: ImageCache, tokens: TokenCache, with_negatives: bool
+    batch: np.ndarray, pairs: TrainingPairs, micro: int, images: ImageCache, tokens: TokenCache, with_negatives: bool,
+    seen_images: set[str] | None = None,
 ) -> list[MicroBatch]:
-    """Cut one step's pairs into micro-batches; each image's negatives go with its first occurrence."""
-    seen_images: set[str] = set()
+    """Cut one step's pairs into micro-batches; each image's negatives go with its first occurrence.
+
+    ``seen_images``: images of the step met before ``batch`` (other processes' earlier slices).
+    """
+    seen_images = set(seen_images or ())
     out = []
     for start in range(0, len(batch), micro):
         idx = batch[start:start + micro]
@@ -227,6 +243,51 @@ def _micro_batches(
         out.append(MicroBatch(images.get(keys), ids, mask, len(idx), [str(r) for r in pairs.recipe_ids[idx]],
                               negative_recipes))
     return out
+
+
+def _step_negative_recipes(batch: np.ndarray, pairs: TrainingPairs) -> list[str]:
+    """Recipes of the step's labelled negatives, each image's with its first occurrence."""
+    seen: set[str] = set()
+    recipes: list[str] = []
+    for key in pairs.image_keys[batch]:
+        if key not in seen:
+            seen.add(key)
+            recipes.extend(recipe for _, recipe in pairs.negatives_by_image.get(key, ()))
+    return recipes
+
+
+@dataclass(frozen=True)
+class _StepSharding:
+    """Which pairs of each global step this process encodes (all of them in one process)."""
+
+    world: DistributedWorld
+    micro_batch: int  # pairs per forward pass in this process
+
+    def local(self, batch: np.ndarray) -> np.ndarray:
+        """This process's contiguous slice of ``batch`` (slices in rank order make the batch)."""
+        start, stop = shard_bounds(len(batch), self.world.rank, self.world.world_size)
+        return batch[start:stop]
+
+    def images_before(self, batch: np.ndarray, pairs: TrainingPairs) -> set[str]:
+        """Images of ``batch`` in earlier processes' slices (their negatives are theirs)."""
+        start, _ = shard_bounds(len(batch), self.world.rank, self.world.world_size)
+        return {str(k) for k in pairs.image_keys[batch[:start]]}
+
+    def local_keys(self, batches: Sequence[np.ndarray], pairs: TrainingPairs) -> list[str]:
+        return [str(k) for b in batches for k in pairs.image_keys[self.local(b)]]
+
+
+def _recipe_code_table(pairs: TrainingPairs) -> dict[str, int]:
+    """int64 code of every recipe id (pairs' and negatives'): a sorted index, identical on every process."""
+    recipes = set(pairs.recipe_ids.tolist())
+    recipes.update(recipe for negatives in pairs.negatives_by_image.values() for _, recipe in negatives)
+    return {recipe: code for code, recipe in enumerate(sorted(recipes))}
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    # Each process's dropout stream: decorrelated across processes, a function of the step so
+    # that a resumed run (which restores rank 0's RNG state everywhere) reseeds it exactly.
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -285,6 +346,7 @@ def train_lora(
     work_dir: Path,
     on_checkpoint: Callable[[Path], None] | None = None,
     log: Callable[[dict], None] | None = None,
+    world: DistributedWorld | None = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_pairs`` and save them to ``work_dir/adapters``.
 
@@ -294,14 +356,29 @@ def train_lora(
     raise to stop the run, which then resumes from the latest checkpoint when called again
     with the same arguments).  Raises ValueError when the checkpoints in ``work_dir`` belong
     to another configuration or dataset.
+
+    ``world`` (default: the initialised torch.distributed group, else one process): with N
+    processes each encodes a slice of every step, the loss is over the gathered global batch
+    and gradients are averaged, so the run computes what one process computes.  Every process
+    calls this with the same arguments; only rank 0 writes checkpoints and adapters and calls
+    ``log`` and ``on_checkpoint``.
     """
     device = torch.device(device)
     work_dir = Path(work_dir)
     training = cfg.training
+    world = world if world is not None else DistributedWorld.current()
+    if world.is_distributed and training.accumulation != "feature_cache":
+        raise ValueError("training.accumulation per_micro_batch (the seed's ablation) runs in one process only; "
+                         "use feature_cache with several processes")
+    sharding = _StepSharding(world, local_micro_batch_size(training.batch_size, world))
+    min_pairs = max(2, world.world_size)
     precision = resolve_precision(device, training.precision)
     with_negatives = training.use_labelled_negatives and training.loss != "clip"
     pairs = prepare_training_pairs(train_pairs, use_labelled_negatives=with_negatives)
     fingerprint = _run_fingerprint(base_model, cfg, pairs)
+    # Every process must train on the same data and config, or the recipe codes and shards disagree.
+    assert_same_on_all_ranks(int(fingerprint[:15], 16), world, "the run fingerprint (config, base model, data)", device)
+    recipe_codes = _recipe_code_table(pairs)
     configure_cpu_threads(device)
 
     with _deterministic():
@@ -320,7 +397,7 @@ def train_lora(
         optimizer = torch.optim.AdamW(groups, lr=training.learning_rate, fused=device.type == "cuda")
 
         effective = training.effective_batch_size
-        steps_per_epoch = len(epoch_batches(len(pairs), effective, cfg.seed, 0))
+        steps_per_epoch = len(epoch_batches(len(pairs), effective, cfg.seed, 0, min_pairs))
         total_steps = steps_per_epoch * training.epochs
         warmup_steps = math.ceil(training.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -346,6 +423,8 @@ def train_lora(
                 )
             state = saved
             state["resumed_from_step"] = saved["step"]
+        broadcast_parameters(trainable.values(), world)  # replicas start from rank 0's weights
+        world.barrier()  # every process has read the checkpoint before rank 0 writes or prunes any
 
         tokenizer = processor.tokenizer
         tokens = TokenCache(
@@ -355,8 +434,8 @@ def train_lora(
         )
         preprocessor = ImagePreprocessor(processor)
         images = ImageCache(load_image, preprocessor, training.num_workers)
-        images.prefetch([str(k) for b in epoch_batches(len(pairs), effective, cfg.seed, state["epoch"])
-                         for k in pairs.image_keys[b]])
+        images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, state["epoch"], min_pairs),
+                                            pairs))
 
         def encode(micro: MicroBatch) -> dict[str, torch.Tensor]:
             pixels = preprocessor.normalize(micro.pixels.to(device, non_blocking=True))
@@ -368,11 +447,23 @@ def train_lora(
             return {"image": image, "text": text[: micro.n_pairs], "negative": text[micro.n_pairs:]}
 
         def loss_fn(features: dict[str, torch.Tensor], micros: Sequence[MicroBatch]) -> torch.Tensor:
+            image, text, negative = features["image"], features["text"], features["negative"]
+            recipe_ids = [r for m in micros for r in m.recipe_ids]
+            negative_recipe_ids = [r for m in micros for r in m.negative_recipe_ids]
+            if world.is_distributed:  # contrast against every process's pairs and negatives
+                step = gather_contrastive_batch(
+                    image, text, negative,
+                    torch.tensor([recipe_codes[r] for r in recipe_ids], dtype=torch.long),
+                    torch.tensor([recipe_codes[r] for r in negative_recipe_ids], dtype=torch.long),
+                    world,
+                )
+                image, text, negative = step.image, step.text, step.negative
+                recipe_ids, negative_recipe_ids = step.pair_codes.cpu().numpy(), step.negative_codes.cpu().numpy()
             return contrastive_loss(
-                features["image"], features["text"], logit_scale,
-                recipe_ids=[r for m in micros for r in m.recipe_ids],
-                negative_text_emb=features["negative"],
-                negative_recipe_ids=[r for m in micros for r in m.negative_recipe_ids],
+                image, text, logit_scale,
+                recipe_ids=recipe_ids,
+                negative_text_emb=negative,
+                negative_recipe_ids=negative_recipe_ids,
                 mask_same_recipe=training.mask_same_recipe, kind=training.loss,
             )
 
@@ -386,13 +477,16 @@ def train_lora(
                 with_negatives=with_negatives, accumulator=accumulator, encode=encode, loss_fn=loss_fn,
                 scale_loss=scale_loss, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 trainable=trainable, logit_scale=logit_scale, checkpoints=checkpoints, device=device,
-                on_checkpoint=on_checkpoint, log=log,
+                on_checkpoint=on_checkpoint, log=log, sharding=sharding, min_pairs=min_pairs,
             )
         finally:
             images.close()
 
         model.eval()
-        adapter_dir = save_adapters(model, work_dir / "adapters", logit_scale)
+        adapter_dir = work_dir / "adapters"
+        if world.is_main:
+            save_adapters(model, adapter_dir, logit_scale)
+        world.barrier()  # the adapters exist for everyone once this returns
         peak, kind = peak_memory(device)
 
     steps = max(1, len(state["logs"]["steps"]))
@@ -403,6 +497,7 @@ def train_lora(
         "negatives_per_pair": state["negatives_sum"] / steps,
         "effective_batch_size": effective,
         "micro_batch_size": training.batch_size,
+        "world_size": world.world_size,
         "accumulation": training.accumulation,
         "loss": training.loss,
         "precision": precision,
@@ -427,23 +522,30 @@ def train_lora(
 def _train_epochs(
     *, model, pairs, cfg, state, images, tokens, with_negatives, accumulator, encode, loss_fn, scale_loss,
     optimizer, scheduler, scaler, trainable, logit_scale, checkpoints, device, on_checkpoint, log,
+    sharding, min_pairs,
 ) -> None:
     """The optimisation loop from ``state``'s position to the end; mutates ``state``."""
     training = cfg.training
     effective = training.effective_batch_size
     params = list(trainable.values())
+    world = sharding.world
     for epoch in range(state["epoch"], training.epochs):
-        batches = epoch_batches(len(pairs), effective, cfg.seed, epoch)
+        batches = epoch_batches(len(pairs), effective, cfg.seed, epoch, min_pairs)
         if epoch + 1 < training.epochs:  # decode next epoch's first images early (cached anyway)
-            images.prefetch([str(k) for b in epoch_batches(len(pairs), effective, cfg.seed, epoch + 1)[:1]
-                             for k in pairs.image_keys[b]])
+            images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, epoch + 1,
+                                                              min_pairs)[:1], pairs))
         for batch_index in range(state["batch_in_epoch"], len(batches)):
             started = time.perf_counter()
-            micros = _micro_batches(batches[batch_index], pairs, training.batch_size, images, tokens, with_negatives)
+            batch = batches[batch_index]
+            if world.is_distributed:
+                torch.manual_seed(_step_seed(cfg.seed, state["step"], world.rank))
+            micros = _micro_batches(sharding.local(batch), pairs, sharding.micro_batch, images, tokens,
+                                    with_negatives, seen_images=sharding.images_before(batch, pairs))
             if training.accumulation == "feature_cache":
                 loss = accumulator.accumulate(micros, scale_loss=scale_loss)
-                negatives = negatives_per_pair([r for m in micros for r in m.recipe_ids],
-                                               [r for m in micros for r in m.negative_recipe_ids],
+                average_gradients(params, world)  # before unscaling/clipping: every replica sees the same
+                negatives = negatives_per_pair([str(r) for r in pairs.recipe_ids[batch]],
+                                               _step_negative_recipes(batch, pairs) if with_negatives else [],
                                                training.mask_same_recipe)
             else:
                 loss = accumulate_per_micro_batch(micros, encode, loss_fn, scale_loss=scale_loss)
@@ -491,12 +593,12 @@ def _train_epochs(
                 logger.info("epoch %(epoch)d avg loss %(avg_loss).4f (%(time_s).1f s)", state["logs"]["epochs"][-1])
                 state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_steps=0, epoch_time_s=0.0)
             finished = last_of_epoch and epoch + 1 == training.epochs
-            if state["step"] % training.checkpoint_every_steps == 0 or finished:
+            if world.is_main and (state["step"] % training.checkpoint_every_steps == 0 or finished):
                 path = save_checkpoint(checkpoints, state["step"], trainable=trainable, optimizer=optimizer,
                                        scheduler=scheduler, scaler=scaler if scaler.is_enabled() else None,
                                        state=state, keep=training.keep_checkpoints)
                 if on_checkpoint is not None:
                     on_checkpoint(path)
-            if log is not None:
+            if log is not None and world.is_main:
                 log(record)
         state["batch_in_epoch"] = 0
