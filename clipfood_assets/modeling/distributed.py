@@ -78,8 +78,7 @@ class DistributedWorld:
     def current(cls) -> DistributedWorld:
         """The default process group when one is initialised, else a single process."""
         if dist.is_available() and dist.is_initialized():
-            local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-            return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+            return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=_env_int("LOCAL_RANK", 0))
         return cls()
 
     @property
@@ -328,8 +327,8 @@ def local_image_loader(images_dir: Path | str) -> Callable[[str], bytes]:
         raise ValueError(f"images directory {root} does not exist")
 
     def load_image(key: str) -> bytes:
-        path = (root / key).resolve()  # resolves symlinks too: no way out through a link
-        if "\x00" in key or not path.is_relative_to(root) or path == root:
+        path = None if "\x00" in key else (root / key).resolve()  # resolves links: no way out through one
+        if path is None or not path.is_relative_to(root) or path == root:
             raise ValueError(f"image key {key!r} is not a file under {root}")
         return path.read_bytes()
 

@@ -287,7 +287,7 @@ def _recipe_code_table(pairs: TrainingPairs) -> dict[str, int]:
 def _step_seed(seed: int, step: int, rank: int) -> int:
     # Each process's dropout stream: decorrelated across processes, a function of the step so
     # that a resumed run (which restores rank 0's RNG state everywhere) reseeds it exactly.
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 # --------------------------------------------------------------------------- schedule

@@ -33,7 +33,7 @@ def _write_zone(lake, s3_server, jsonl, objects):
 def test_salted_zone_quarantines_every_bad_record_and_keeps_every_good_pair(backend, request, s3_server):
     lake = request.getfixturevalue("local_lake" if backend == "local" else "s3_lake")
     jsonl, objects, expected_pairs, expected_quarantine = build_salted_zone()
-    unsafe_written = _write_zone(lake, s3_server, jsonl, objects)
+    _write_zone(lake, s3_server, jsonl, objects)
     result = read_positive_pairs(lake, workers=4, max_line_bytes=2_000)
 
     pairs = {tuple(r) for r in result.train[["recipe_id", "image_key", "caption"]].itertuples(index=False)}
