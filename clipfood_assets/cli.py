@@ -75,14 +75,14 @@ def cmd_synth(args) -> None:
 
 
 def cmd_base_model(args) -> None:
-    from clipfood_assets.modeling.base_model import build_base_model
+    from clipfood_assets.modeling.base_model import DEFAULT_PRETRAIN_STEPS, build_base_model
 
     out = Path(args.out).resolve()
-    kwargs = {"seed": args.seed}
-    if args.pretrain_steps is not None:
-        kwargs["pretrain_steps"] = args.pretrain_steps
+    steps = DEFAULT_PRETRAIN_STEPS if args.pretrain_steps is None else args.pretrain_steps
+    if steps < 0:
+        raise CliError("--pretrain-steps must be >= 0")
     start = time.perf_counter()
-    build_base_model(out, **kwargs)
+    build_base_model(out, seed=args.seed, pretrain_steps=steps)
     print(f"offline base model -> {out} ({time.perf_counter() - start:.0f} s)")
 
 
@@ -98,9 +98,33 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
         raise CliError(f"job {name} failed: {failures[-1] if failures else 'see the Dagster logs'}")
 
 
+def data_zone_up_to_date(instance, lake) -> bool:
+    """True when the data zone and the baseline were built from the trusted zone as it is now."""
+    import dagster as dg
+
+    from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+
+    events = {name: instance.get_latest_materialization_event(dg.AssetKey(name))
+              for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results")}
+    if not all(events.values()):
+        return False
+    pairs = events["test_pairs_positive"]
+    recorded = pairs.asset_materialization.metadata.get("trusted zone version")
+    current = fingerprint_trusted_zone(lake).version
+    return (
+        recorded is not None
+        and recorded.value == current
+        and all(e.timestamp >= pairs.timestamp for e in events.values())
+    )
+
+
 def materialize(run_key: str | None = None, run_config: Path | None = None, base_model: str = "", instance=None,
-                lake_dir: str | None = None) -> dict:
-    """Materialize the whole asset graph; with a run key, register the run and train it too."""
+                lake_dir: str | None = None, force: bool = False) -> dict:
+    """Materialize the whole asset graph; with a run key, register the run and train it too.
+
+    The data zone and the baseline are rebuilt only when the trusted zone changed since they
+    were built (or with force), so runs launched side by side share one baseline.
+    """
     import dagster as dg
 
     from clipfood_assets.defs.definitions import build_definitions
@@ -120,7 +144,10 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
         overrides = yaml.safe_load(Path(run_config).read_text()) if run_config else {}
         register_run(lake, run_key, EXPERIMENT_CONFIG, overrides or {})
         instance.add_dynamic_partitions(experiment_runs.name, [run_key])
-    _run_job(defs, instance, "refresh_from_trusted_zone")
+    if force or not data_zone_up_to_date(instance, lake):
+        _run_job(defs, instance, "refresh_from_trusted_zone")
+    else:
+        log.info("data zone and baseline are up to date with the trusted zone; not rebuilt")
     if run_key is not None:
         _run_job(defs, instance, "train_and_evaluate_run", partition_key=run_key)
     _run_job(defs, instance, "rebuild_report")
@@ -132,7 +159,8 @@ def cmd_materialize(args) -> None:
         raise CliError("--config needs --run KEY (the experiment run it configures)")
     if args.config and not Path(args.config).is_file():
         raise CliError(f"no such config file: {args.config}")
-    out = materialize(args.run, Path(args.config) if args.config else None, base_model=args.base_model or "")
+    out = materialize(args.run, Path(args.config) if args.config else None, base_model=args.base_model or "",
+                      force=args.force)
     print(f"materialized; results in {out['fine_tuning_zone']}")
 
 
@@ -150,9 +178,9 @@ def cmd_demo(args) -> None:
     print(f"[1/3] synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images")
     base = Path(args.base_model_dir).resolve()
     if not (base / "config.json").exists():
-        from clipfood_assets.modeling.base_model import build_base_model
+        from clipfood_assets.modeling.base_model import DEFAULT_PRETRAIN_STEPS, build_base_model
 
-        build_base_model(base, seed=0)
+        build_base_model(base, seed=0, pretrain_steps=DEFAULT_PRETRAIN_STEPS)
     print(f"[2/3] offline base model: {base}")
     materialize(args.run, DEMO_RUN_CONFIG, base_model=str(base))
     print(f"[3/3] every asset materialized ({time.perf_counter() - start:.0f} s)")
@@ -220,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="experiment-run key (a partition)")
     p.add_argument("--config", default=None, help="YAML overrides of configs/experiment_config.yaml for the run")
     p.add_argument("--base-model", default=None, help="hub id or local folder (default: CLIPFOOD_BASE_MODEL / config)")
+    p.add_argument("--force", action="store_true", help="rebuild the data zone and baseline even if up to date")
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")

@@ -792,41 +792,34 @@ def _light_and_noise(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def render_dish_picture(recipe: dict, position: int, seed: int, size: int = 512, *, studio: bool = False) -> Image.Image:
+def render_dish_picture(recipe: dict, position: int, seed: int, size: int = 512) -> Image.Image:
     """The photo of ``recipe`` at ``position`` as an RGB PIL image of ``size`` x ``size``.
 
     The dish (from the title) decides the layout and the ingredients the colours and
     toppings; the recipe id fixes the dish's own look; the position decides the shot
-    (placement, scale, rotation, background, lighting, noise). ``studio=True`` gives a
-    catalogue shot instead: centred, upright, on a plain backdrop, evenly lit, no noise.
+    (placement, scale, rotation, background, lighting, noise).
     """
     title = recipe.get("title_text_raw") or recipe.get("title_text_clean") or recipe.get("title") or ""
     comp = dish_components(title)
     dish_rng = random.Random(_stable_seed("dish", seed, recipe["id"]))
     shot_rng = random.Random(_stable_seed("shot", seed, recipe["id"], position))
 
-    if studio:
-        image = Image.new("RGB", (_CANVAS, _CANVAS), (236, 236, 232))
-        radius, cx, cy, angle = _CANVAS * 0.36, _CANVAS / 2, _CANVAS / 2, 0.0
-    else:
-        image = _background(shot_rng)
-        radius = _CANVAS * 0.36 * shot_rng.uniform(0.82, 1.08)
-        cx = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
-        cy = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
-        angle = shot_rng.uniform(-25, 25)
+    image = _background(shot_rng)
+    radius = _CANVAS * 0.36 * shot_rng.uniform(0.82, 1.08)
+    cx = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
+    cy = _CANVAS / 2 + shot_rng.uniform(-0.08, 0.08) * _CANVAS
+    angle = shot_rng.uniform(-25, 25)
     food = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     draw = ImageDraw.Draw(food)
     area = _DISH_RENDERERS[comp.dish.layout](draw, dish_rng, comp, cx, cy, radius)
     for descriptor in comp.descriptors:
         _draw_descriptor_cue(draw, dish_rng, descriptor, area)
-    if angle:
-        food = food.rotate(angle, resample=Image.Resampling.BILINEAR, center=(cx, cy))
+    food = food.rotate(angle, resample=Image.Resampling.BILINEAR, center=(cx, cy))
     # A soft drop shadow in the dish's own outline.
     shadow = food.getchannel("A").point(lambda alpha: alpha * 70 // 255)
     image.paste((0, 0, 0), box=(4, 6), mask=shadow)
     image.paste(food, mask=food)
-    if not studio:
-        image = _light_and_noise(image, shot_rng)
+    image = _light_and_noise(image, shot_rng)
     if size != _CANVAS:
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return image

@@ -10,6 +10,7 @@ from clipfood_assets.data.prepare import augment_training_pairs, copy_images, re
 from clipfood_assets.defs.io_manager import zone_object
 from clipfood_assets.defs.meta import OWNERS, counts, preview
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
+from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
     AUGMENTED_PAIRS_KEY,
@@ -77,8 +78,11 @@ def positive_pairs(
     lake: LakeResource,
     compute: ComputeResource,
 ):
+    store = lake.get_lake()
+    # Recorded so `clipfood materialize` can tell whether the data zone is up to date.
+    trusted_version = fingerprint_trusted_zone(store).version
     result = read_positive_pairs(
-        lake.get_lake(),
+        store,
         test_size=config.test_size,
         seed=config.seed,
         min_caption_chars=config.min_caption_chars,
@@ -90,12 +94,13 @@ def positive_pairs(
     if len(result.quarantine):
         context.log.warning(f"quarantined {len(result.quarantine)} records: {by_reason}")
     shared = {
+        "trusted zone version": trusted_version,
         "recipes read": result.n_recipes_read,
         "images listed": result.n_images_listed,
         "quarantined": len(result.quarantine),
     }
     yield dg.Output(result.train, "train_pairs_positive", metadata={**counts(result.train), **shared, "preview": preview(result.train)})
-    yield dg.Output(result.test, "test_pairs_positive", metadata={**counts(result.test), "preview": preview(result.test)})
+    yield dg.Output(result.test, "test_pairs_positive", metadata={**counts(result.test), **shared, "preview": preview(result.test)})
     yield dg.Output(
         result.quarantine,
         "pairing_quarantine",
