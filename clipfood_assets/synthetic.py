@@ -163,11 +163,6 @@ class DishComponents:
     descriptors: tuple[str, ...]
 
 
-_DISH_BY_WORDS = {d.name.lower(): d for d in DISHES}
-_INGREDIENT_BY_WORDS = {i.name.lower(): i for i in INGREDIENTS}
-_DESCRIPTOR_BY_WORDS = {clean_d: d for d in DESCRIPTORS if (clean_d := d.lower().replace("'", ""))}
-
-
 def clean_title(title: str) -> str:
     """Lower-case a title and strip punctuation ("Grandma's Pie (Easy)" -> "grandmas pie easy")."""
     text = title.lower().replace("'", "")
@@ -179,6 +174,12 @@ def slugify(title: str) -> str:
     """Key-safe slug of a title: lowercase ascii letters, digits and single hyphens."""
     slug = re.sub(r"[^a-z0-9]+", "-", clean_title(title)).strip("-")
     return slug or "recipe"
+
+
+# Vocabulary phrases as they appear in a cleaned title ("Grandma's" -> "grandmas").
+_DISH_BY_WORDS = {clean_title(d.name): d for d in DISHES}
+_INGREDIENT_BY_WORDS = {clean_title(i.name): i for i in INGREDIENTS}
+_DESCRIPTOR_BY_WORDS = {clean_title(d): d for d in DESCRIPTORS}
 
 
 def image_key(recipe: dict, position: int) -> str:
@@ -389,9 +390,11 @@ def _draw_topping(draw: ImageDraw.ImageDraw, rng: random.Random, ing: Ingredient
         draw.polygon(tip, fill=c)
         draw.line([tip[0], tip[2]], fill=a, width=1)
     elif shape == "striped":
-        draw.polygon(_rotated([(-r * 1.2, -r * 0.6), (r * 1.2, -r * 0.6), (r * 1.2, r * 0.6), (-r * 1.2, r * 0.6)], x, y, turn), fill=c)
-        for offset in (-0.4, 0.0, 0.4):
-            draw.line(_rotated([(offset * r * 2, -r * 0.6), (offset * r * 2 + r * 0.3, r * 0.6)], x, y, turn), fill=a, width=max(1, int(r * 0.18)))
+        fillet = [(-r * 1.2, -r * 0.6), (r * 1.2, -r * 0.6), (r * 1.2, r * 0.6), (-r * 1.2, r * 0.6)]
+        draw.polygon(_rotated(fillet, x, y, turn), fill=c)
+        for offset in (-0.8 * r, 0.0, 0.8 * r):
+            stripe = _rotated([(offset, -r * 0.6), (offset + r * 0.3, r * 0.6)], x, y, turn)
+            draw.line(stripe, fill=a, width=max(1, int(r * 0.18)))
     elif shape == "mushroom":
         draw.rectangle((x - r * 0.25, y - r * 0.1, x + r * 0.25, y + r * 0.8), fill=a)
         draw.pieslice(_box(x, y, r, r * 0.8), 180, 360, fill=c, outline=_shade(c, 0.7))
@@ -463,7 +466,7 @@ def _plate(draw: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, 
     draw.ellipse(_box(cx, cy, r * 0.78), fill=_shade(rim, 0.95))
 
 
-def _soup(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _soup(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     bowl = rng.choice([(245, 245, 240), (40, 90, 160), (190, 90, 50), (230, 220, 190)])
     draw.ellipse(_box(cx, cy, R), fill=bowl, outline=_shade(bowl, 0.7), width=3)
     draw.ellipse(_box(cx, cy, R * 0.8), fill=_base_colour(comp, (240, 225, 190), 0.3))
@@ -471,7 +474,7 @@ def _soup(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.65, R * 0.65
 
 
-def _curry(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _curry(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     bowl = rng.choice([(245, 245, 240), (30, 30, 35), (120, 70, 40)])
     draw.ellipse(_box(cx, cy, R * 1.1, R * 0.8), fill=bowl, outline=_shade(bowl, 0.7), width=3)
     draw.ellipse(_box(cx - R * 0.2, cy, R * 0.75, R * 0.62), fill=_base_colour(comp, (210, 130, 30), 0.35))
@@ -482,7 +485,7 @@ def _curry(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx - R * 0.2, cy, R * 0.6, R * 0.5
 
 
-def _stew(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _stew(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     pot = (55, 55, 60)
     for side in (-1, 1):
         draw.rounded_rectangle(_box(cx + side * R * 1.02, cy, R * 0.22, R * 0.1), radius=3, fill=pot)
@@ -492,7 +495,7 @@ def _stew(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.7, R * 0.7
 
 
-def _salad(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _salad(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     bowl = rng.choice([(175, 125, 75), (245, 245, 240), (150, 200, 220)])
     draw.ellipse(_box(cx, cy, R), fill=bowl, outline=_shade(bowl, 0.7), width=3)
     draw.ellipse(_box(cx, cy, R * 0.85), fill=(120, 175, 70))
@@ -503,7 +506,7 @@ def _salad(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.7, R * 0.7
 
 
-def _cake(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _cake(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy + R * 0.25, R * 0.95)
     sponge = _base_colour(comp, (240, 215, 160), 0.45)
     frosting = _base_colour(comp, _WHITE, 0.15)
@@ -518,7 +521,7 @@ def _cake(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.7, R * 0.35
 
 
-def _pie(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _pie(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     crust = (215, 160, 80)
     draw.ellipse(_box(cx, cy, R), fill=crust, outline=_shade(crust, 0.75), width=3)
     draw.ellipse(_box(cx, cy, R * 0.82), fill=_base_colour(comp, (150, 60, 40), 0.2))
@@ -532,7 +535,7 @@ def _pie(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.7, R * 0.7
 
 
-def _pizza(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _pizza(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     draw.ellipse(_box(cx, cy, R), fill=(220, 165, 95), outline=(170, 110, 50), width=2)
     draw.ellipse(_box(cx, cy, R * 0.86), fill=(200, 60, 35))
     draw.ellipse(_box(cx, cy, R * 0.8), fill=(250, 225, 150))
@@ -543,7 +546,7 @@ def _pizza(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.75, R * 0.75
 
 
-def _pasta(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _pasta(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy, R)
     noodle = (240, 210, 120)
     for x, y in _scatter(rng, 16, cx, cy, R * 0.55):
@@ -554,7 +557,7 @@ def _pasta(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.5, R * 0.5
 
 
-def _toast(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _toast(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy, R)
     for k in range(3):
         x, y = cx + (k - 1) * R * 0.12, cy + (1 - k) * R * 0.12
@@ -566,7 +569,7 @@ def _toast(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx + R * 0.12, cy - R * 0.12, R * 0.4, R * 0.4
 
 
-def _pancakes(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _pancakes(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy + R * 0.3, R * 0.95)
     for k in range(5):
         y = cy + R * 0.35 - k * R * 0.13
@@ -577,7 +580,7 @@ def _pancakes(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, top, R * 0.55, R * 0.2
 
 
-def _tacos(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _tacos(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     for k in (-1, 0, 1):
         x, y = cx + k * R * 0.6, cy + abs(k) * R * 0.1
         draw.pieslice(_box(x, y, R * 0.42), 0, 180, fill=(235, 200, 100), outline=(190, 150, 60), width=2)
@@ -586,7 +589,7 @@ def _tacos(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.9, R * 0.2
 
 
-def _burger(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _burger(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     w = R * 0.85
     draw.rounded_rectangle((cx - w, cy + R * 0.3, cx + w, cy + R * 0.55), radius=int(R * 0.1), fill=(210, 150, 70))
     draw.rounded_rectangle((cx - w * 1.02, cy + R * 0.1, cx + w * 1.02, cy + R * 0.32), radius=int(R * 0.08), fill=(90, 50, 30))
@@ -599,7 +602,7 @@ def _burger(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, w, R * 0.15
 
 
-def _cookies(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _cookies(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     tray = rng.choice([(70, 70, 75), (235, 225, 200)])
     draw.rectangle(_box(cx, cy, R * 1.05, R * 0.85), fill=tray)
     dough = _mix((205, 155, 95), comp.ingredients[0].colour, 0.3)
@@ -610,7 +613,7 @@ def _cookies(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.9, R * 0.7
 
 
-def _smoothie(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _smoothie(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     top, bottom = cy - R * 0.9, cy + R * 0.9
     glass = [(cx - R * 0.45, top), (cx + R * 0.45, top), (cx + R * 0.33, bottom), (cx - R * 0.33, bottom)]
     draw.polygon(glass, fill=(225, 235, 240), outline=(170, 180, 190))
@@ -624,7 +627,7 @@ def _smoothie(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, (fill_top + bottom) / 2, R * 0.35, R * 0.6
 
 
-def _muffins(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _muffins(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     paper = rng.choice([(230, 120, 140), (120, 170, 220), (240, 240, 235)])
     dome = _mix((200, 150, 90), comp.ingredients[0].colour, 0.4)
     for k in (-1, 0, 1):
@@ -636,7 +639,7 @@ def _muffins(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy - R * 0.1, R * 0.9, R * 0.2
 
 
-def _skewers(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _skewers(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy, R)
     other = comp.ingredients[1] if len(comp.ingredients) > 1 else Ingredient("pepper", (60, 150, 50), (40, 100, 30), "square", "")
     for k in (-1, 0, 1):
@@ -651,7 +654,7 @@ def _skewers(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.7, R * 0.6
 
 
-def _sandwich(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _sandwich(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy, R)
     bread, crust = (240, 215, 165), (190, 135, 70)
     filling = _base_colour(comp, _WHITE, 0.1)
@@ -664,14 +667,14 @@ def _sandwich(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy, R * 0.6, R * 0.5
 
 
-def _omelette(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _omelette(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     _plate(draw, rng, cx, cy, R)
     draw.pieslice(_box(cx, cy - R * 0.15, R * 0.75, R * 0.6), 0, 180, fill=(250, 215, 90), outline=(215, 170, 50), width=2)
     _toppings(draw, rng, comp, [(cx + k * R * 0.25, cy - R * 0.12) for k in (-2, -1, 0, 1, 2)], R * 0.12)
     return cx, cy + R * 0.05, R * 0.6, R * 0.3
 
 
-def _icecream(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _icecream(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     cone = (210, 160, 90)
     draw.polygon([(cx - R * 0.38, cy), (cx + R * 0.38, cy), (cx, cy + R * 0.95)], fill=cone, outline=(160, 110, 50))
     for k in range(1, 4):
@@ -683,7 +686,7 @@ def _icecream(draw, rng, comp, cx, cy, R) -> Ellipse:
     return cx, cy - R * 0.35, R * 0.4, R * 0.4
 
 
-def _bread(draw, rng, comp, cx, cy, R) -> Ellipse:
+def _bread(draw: ImageDraw.ImageDraw, rng: random.Random, comp: DishComponents, cx: float, cy: float, R: float) -> Ellipse:
     loaf = (185, 120, 55)
     draw.rounded_rectangle(_box(cx - R * 0.15, cy, R * 0.75, R * 0.45), radius=int(R * 0.3), fill=loaf, outline=(130, 80, 30), width=2)
     for k in (-1, 0, 1):

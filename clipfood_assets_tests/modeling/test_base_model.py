@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
@@ -64,7 +66,8 @@ def test_tokenizer_is_clip_like(built):
     assert tokenizer("Spicy Tomato Soup")["input_ids"] == tokenizer("spicy   TOMATO soup")["input_ids"]
     long = tokenizer(" ".join(["pancakes"] * 200), truncation=True)["input_ids"]
     assert len(long) == 77 and long[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(tokenizer("banana french toast")["input_ids"], skip_special_tokens=True) == "banana french toast"
+    ids = tokenizer("banana french toast")["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "banana french toast"
 
 
 def test_config_special_ids_are_the_tokenizers(built):
@@ -86,15 +89,14 @@ def test_round_trip_through_the_openai_code_path(built):
     assert all(torch.equal(saved[name], state[name]) for name in saved)
 
     recipe = generate_recipes(1, seed=4)[0]
-    import io
-
-    from PIL import Image
-
     image = Image.open(io.BytesIO(render_dish_image(recipe, 1, seed=4)))
-    inputs = processor(text=["Spicy Tomato Soup", "Banana French Toast"], images=[image], padding=True, return_tensors="pt")
+    titles = ["Spicy Tomato Soup", "Banana French Toast"]
+    inputs = processor(text=titles, images=[image], padding=True, return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, 64, 64)
     with torch.no_grad():
-        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+        text = model.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).pooler_output
         pixels = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
     assert text.shape == (2, 64) and pixels.shape == (1, 64)
     # Pooling at the real eos: two different titles get different embeddings.
