@@ -89,10 +89,47 @@ def cmd_base_model(args) -> None:
 # --- materialize ---------------------------------------------------------------------------------
 
 
+PID_TAG = "clipfood/pid"
+HOST_TAG = "clipfood/host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(instance) -> list[str]:
+    """Mark runs whose `clipfood` process died (killed, machine crash) as failed.
+
+    A dead run still holds its `gpu` pool slot; without this a re-run after a kill would
+    wait for that slot forever. Only runs started by this host's CLI are judged.
+    """
+    import socket
+
+    import dagster as dg
+
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        pid = run.tags.get(PID_TAG)
+        if run.tags.get(HOST_TAG) == socket.gethostname() and pid and not _alive(int(pid)):
+            instance.report_run_failed(run, message=f"its process {pid} is gone (killed or crashed)")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            reaped.append(run.run_id)
+    return reaped
+
+
 def _run_job(defs, instance, name: str, **kwargs) -> None:
+    import socket
+
     job = defs.resolve_job_def(name)
     log.info("running job %s %s", name, kwargs.get("partition_key") or "")
-    result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, **kwargs)
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
         raise CliError(f"job {name} failed: {failures[-1] if failures else 'see the Dagster logs'}")
@@ -136,6 +173,8 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     if instance is None:
         dagster_home()
         instance = dg.DagsterInstance.get()
+    for run_id in reap_dead_runs(instance):
+        log.warning("run %s was left running by a dead process; marked failed", run_id)
     defs = build_definitions(base_model=base_model, lake_dir=lake_dir)
     env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
     lake = lake_from_env(env)
