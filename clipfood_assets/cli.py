@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")
-    p.add_argument("--recipes", type=int, default=300)
+    # 500 recipes hold out 100 for testing: enough queries for a confidence interval that means something.
+    p.add_argument("--recipes", type=int, default=500)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--run", default="demo")
     p.add_argument("--base-model-dir", default=str(DEFAULT_BASE_MODEL_DIR))
