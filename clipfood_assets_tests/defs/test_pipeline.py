@@ -66,3 +66,21 @@ def test_every_asset_on_the_local_lake_two_runs_coexist(tmp_path, monkeypatch, b
     # Blocking checks would have failed their run.
     for run in instance.get_runs():
         assert run.is_success, run.run_id
+
+
+@pytest.mark.slow
+def test_with_minio_endpoint_the_demo_layout_lands_in_the_buckets(tmp_path, monkeypatch, base_model, s3_server, s3_lake):
+    import boto3
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    write_synthetic_zone(s3_lake, n_recipes=16, seed=9)
+    materialize("s3run", _run_config(tmp_path, "s3run", 4), base_model=str(base_model),
+                instance=dg.DagsterInstance.ephemeral())
+    s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1")
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"trusted-zone", "fine-tuning-zone"}
+    paginator = s3.get_paginator("list_objects_v2")
+    keys = {o["Key"] for page in paginator.paginate(Bucket="fine-tuning-zone") for o in page.get("Contents", [])}
+    assert SEED_FILES <= keys
+    assert {run_prefix("s3run") + f for f in RUN_FILES} <= keys
+    assert any(k.startswith("images/") for k in keys) and any(k.startswith("augmented_images/") for k in keys)
