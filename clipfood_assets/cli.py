@@ -129,7 +129,11 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
     job = defs.resolve_job_def(name)
     log.info("running job %s %s", name, kwargs.get("partition_key") or "")
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, **kwargs)
+    # Dagster's step events are DEBUG; the assets' own progress is INFO.
+    level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "INFO"
+    run_config = {"loggers": {"console": {"config": {"log_level": level}}}}
+    result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, run_config=run_config,
+                                    **kwargs)
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
         raise CliError(f"job {name} failed: {failures[-1] if failures else 'see the Dagster logs'}")
@@ -316,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations
     from clipfood_assets.lake import LakeError
 
     try:
