@@ -135,8 +135,29 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
     result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, run_config=run_config,
                                     **kwargs)
     if not result.success:
-        failures = [e.message for e in result.all_events if e.is_failure]
-        raise CliError(f"job {name} failed: {failures[-1] if failures else 'see the Dagster logs'}")
+        # The step's own error says what went wrong; the run failure only says that it did.
+        steps = [e for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
+        reason = "see the Dagster logs"
+        if steps:
+            error = steps[0].step_failure_data.error
+            while error.cause is not None:  # Dagster wraps the asset's own exception
+                error = error.cause
+            reason = error.message.strip()
+        where = f" in {steps[0].step_key}" if steps else ""
+        raise CliError(f"job {name} failed{where}: {reason}")
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's YAML of overrides; malformed YAML or a non-mapping is a clear error naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a run config must be a mapping of overrides, got {type(loaded).__name__}")
+    return loaded
 
 
 def data_zone_up_to_date(instance, lake) -> bool:
@@ -172,8 +193,15 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
     from clipfood_assets.lake import lake_from_env
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
+    from clipfood_assets.modeling.config import load_experiment_config
     from clipfood_assets.modeling.runs import register_run
 
+    overrides = {}
+    if run_key is not None:
+        # A bad key or config fails here, before anything is written or run.
+        validate_run_key(run_key)
+        overrides = read_run_config(run_config) if run_config else {}
+        load_experiment_config(EXPERIMENT_CONFIG, overrides=overrides)
     if instance is None:
         dagster_home()
         instance = dg.DagsterInstance.get()
@@ -183,9 +211,7 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
     lake = lake_from_env(env)
     if run_key is not None:
-        validate_run_key(run_key)
-        overrides = yaml.safe_load(Path(run_config).read_text()) if run_config else {}
-        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides or {})
+        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides)
         instance.add_dynamic_partitions(experiment_runs.name, [run_key])
     if force or not data_zone_up_to_date(instance, lake):
         _run_job(defs, instance, "refresh_from_trusted_zone")
@@ -317,9 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    # Dagster flags APIs it may still change (observable sources, partitioned checks); not for users.
+    warnings.filterwarnings("ignore", message=r".*(is currently in (beta|preview)|preview, and may)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%H:%M:%S", force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Dagster's storage migrations
     from clipfood_assets.lake import LakeError
 
@@ -327,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (CliError, LakeError, ValueError, FileNotFoundError) as exc:
         # Expected failures (bad arguments, bad config, unreachable lake) get one line, no traceback.
-        print(f"clipfood: error: {exc}", file=sys.stderr)
+        print("clipfood: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     return 0
 
