@@ -217,3 +217,27 @@ def load_checkpoint(
         _restore_rng(load_file(str(directory / "rng.safetensors")), document["rng"])
     logger.info("resumed from %s (step %d)", directory, document["step"])
     return document["state"]
+
+
+def upload_checkpoint(lake, bucket: str, prefix: str, directory: Path, keep: int) -> None:
+    """Mirror one complete checkpoint folder into the lake under ``prefix`` and prune old ones.
+
+    ``COMPLETE`` goes up last, so a checkpoint cut off mid-upload is ignored on resume, as a
+    local one cut off mid-write is.
+    """
+    files = sorted((p for p in Path(directory).rglob("*") if p.is_file()), key=lambda p: p.name == COMPLETE_MARKER)
+    for path in files:
+        lake.put_file(bucket, f"{prefix}{directory.name}/{path.relative_to(directory).as_posix()}", path)
+    steps = sorted({int(m.group(1)) for o in lake.list(bucket, prefix)
+                    if (m := _STEP_DIR.match(o.key[len(prefix):].split("/")[0]))})
+    for step in steps[:-keep]:
+        lake.delete_prefix(bucket, f"{prefix}step_{step}/")
+
+
+def download_checkpoints(lake, bucket: str, prefix: str, root: Path) -> int:
+    """Fetch every checkpoint under ``prefix`` into ``root``; returns the number of files."""
+    n = 0
+    for obj in lake.list(bucket, prefix):
+        lake.get_file(bucket, obj.key, Path(root) / obj.key[len(prefix):])
+        n += 1
+    return n

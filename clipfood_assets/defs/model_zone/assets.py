@@ -88,29 +88,6 @@ class LoraRunConfig(dg.Config):
     )
 
 
-def _sync_checkpoint(store: Lake, run_key: str, path: Path, keep: int) -> None:
-    """Upload a checkpoint folder, its COMPLETE marker last, and drop older ones from the lake."""
-    prefix = run_checkpoints_prefix(run_key) + path.name + "/"
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    for p in sorted(files, key=lambda p: p.name == "COMPLETE"):
-        store.put_file(FINE_TUNING_ZONE, prefix + p.relative_to(path).as_posix(), p)
-    steps = sorted({o.key[len(run_checkpoints_prefix(run_key)):].split("/")[0]
-                    for o in store.list(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))},
-                   key=lambda s: int(s.split("_")[-1]) if s.split("_")[-1].isdigit() else -1)
-    for old in steps[:-keep]:
-        store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key) + old + "/")
-
-
-def _restore_checkpoints(store: Lake, run_key: str, checkpoints_dir: Path) -> int:
-    """Fetch the run's checkpoints from the lake; only complete ones count on resume."""
-    n = 0
-    prefix = run_checkpoints_prefix(run_key)
-    for obj in store.list(FINE_TUNING_ZONE, prefix):
-        store.get_file(FINE_TUNING_ZONE, obj.key, checkpoints_dir / obj.key[len(prefix):])
-        n += 1
-    return n
-
-
 @dg.asset(
     group_name=GROUP,
     partitions_def=experiment_runs,
@@ -132,6 +109,7 @@ def lora_adapters(
     settings: ExperimentSettings,
     augmented_training_pairs: pd.DataFrame,
 ) -> dg.Output[Bundle]:
+    from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
     from clipfood_assets.modeling.config import config_to_yaml
     from clipfood_assets.modeling.runs import read_run_overrides, resolve_run_config
     from clipfood_assets.modeling.train import train_lora
@@ -152,7 +130,8 @@ def lora_adapters(
 
     with tempfile.TemporaryDirectory(prefix=f"clipfood-run-{run_key}-") as tmp:
         work_dir = Path(tmp)
-        restored = _restore_checkpoints(store, run_key, work_dir / "checkpoints")
+        checkpoints = run_checkpoints_prefix(run_key)
+        restored = download_checkpoints(store, FINE_TUNING_ZONE, checkpoints, work_dir / "checkpoints")
         if restored:
             context.log.info(f"restored {restored} checkpoint files from the lake; resuming")
         result = train_lora(
@@ -162,7 +141,9 @@ def lora_adapters(
             cfg,
             device=device,
             work_dir=work_dir,
-            on_checkpoint=lambda path: _sync_checkpoint(store, run_key, path, cfg.training.keep_checkpoints),
+            on_checkpoint=lambda path: upload_checkpoint(
+                store, FINE_TUNING_ZONE, checkpoints, path, cfg.training.keep_checkpoints
+            ),
             log=lambda entry: context.log.info(str(entry)) if entry["step"] % 25 == 0 else None,
         )
         logs = result.training_logs
