@@ -43,6 +43,7 @@ def test_sensor_requests_one_run_per_change_and_skips_otherwise(s3_env):
         lambda: lake.put_bytes(TRUSTED_ZONE, RECIPES_KEY, b'{"id": "aaaaaaaaaa", "title_text_raw": "Soup"}\n'),
         lambda: lake.delete(TRUSTED_ZONE, "images/soup__aaaaaaaaaa_0.jpg"),  # deleted image
         lambda: lake.put_bytes(TRUSTED_ZONE, "images/soup__aaaaaaaaaa_1.jpg", b"jpeg-2-edited"),  # changed image
+        lambda: lake.put_bytes(TRUSTED_ZONE, "images/soup__aaaaaaaaaa_1.jpg", b"jpeg-2"),  # reverted: rebuild too
     ]
     for change in changes:
         change()

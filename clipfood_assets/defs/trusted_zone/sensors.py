@@ -1,6 +1,7 @@
 """Rebuild when the trusted zone changes: any image or recipes.jsonl added, changed or deleted."""
 
 
+import hashlib
 import json
 
 import dagster as dg
@@ -31,14 +32,18 @@ def describe_change(before: dict | None, after: dict) -> str:
 )
 def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
     current = fingerprint_trusted_zone(lake.get_lake()).to_dict()
-    before = json.loads(context.cursor) if context.cursor else None
+    previous_cursor = context.cursor
+    before = json.loads(previous_cursor) if previous_cursor else None
     if before == current:
         return dg.SkipReason("trusted zone unchanged")
     context.update_cursor(json.dumps(current, sort_keys=True))
     if current["recipes_etag"] is None:
         return dg.SkipReason("trusted zone has no recipes.jsonl yet")
     change = describe_change(before, current)
+    # Keyed by the transition, not the state: a zone reverted to an earlier state (A -> B -> A)
+    # is still rebuilt, where a state key would be deduplicated by Dagster.
+    transition = hashlib.sha256(f"{previous_cursor}|{json.dumps(current, sort_keys=True)}".encode()).hexdigest()
     return dg.RunRequest(
-        run_key=f"{current['recipes_etag']}-{current['images_digest'][:16]}",
+        run_key=transition[:24],
         tags={"clipfood/trusted_zone_change": change[:200], "clipfood/images": str(current["n_images"])},
     )
