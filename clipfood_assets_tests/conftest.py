@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -13,6 +14,8 @@ from clipfood_assets.lake import LocalLake, S3Lake
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Preprocessed-image tensors go to a throwaway folder, never the project's .clipfood/.
+os.environ.setdefault("CLIPFOOD_CACHE_DIR", tempfile.mkdtemp(prefix="clipfood-test-cache-"))
 
 
 class S3Server:

@@ -8,6 +8,7 @@ normalisation to the model's mean/std happens on the device, batch-wise.
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from collections import deque
@@ -17,10 +18,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import PIL
 from PIL import Image, ImageOps
 
 from clipfood_assets.modeling.clip import autocast_context
 from clipfood_assets.modeling.efficiency import available_cores, peak_memory, reset_peak_memory, synchronize
+from clipfood_assets.modeling.image_cache import ImageCacheOption, ImageTensorCache, resolve_cache_root
 
 LoadImage = Callable[[str], bytes]
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
@@ -59,9 +62,13 @@ class ImagePreprocessor:
     ``to_uint8(bytes)`` (thread-safe, CPU): decode, EXIF orientation, RGB, resize of the
     shortest edge and centre crop exactly as the processor does, kept as uint8 [3, H, W]
     (cheap to cache). ``normalize(batch)`` (device): rescale to [0, 1] and standardise.
+
+    ``image_cache`` (see :func:`~clipfood_assets.modeling.image_cache.resolve_cache_root`;
+    default: on unless ``CLIPFOOD_IMAGE_CACHE=0``) keeps each image's uint8 tensor on disk,
+    keyed by the image bytes and :meth:`signature`, so later epochs and runs skip decoding.
     """
 
-    def __init__(self, processor, *, fast_jpeg_decode: bool = False) -> None:
+    def __init__(self, processor, *, fast_jpeg_decode: bool = False, image_cache: ImageCacheOption = None) -> None:
         image_processor = getattr(processor, "image_processor", processor)
         self.fast_jpeg_decode = fast_jpeg_decode
         self.image_processor = image_processor
@@ -77,6 +84,24 @@ class ImagePreprocessor:
         self._scale = float(scale)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        root = resolve_cache_root(image_cache)
+        self.tensor_cache = ImageTensorCache(root, self.signature()) if root is not None else None
+
+    def signature(self) -> dict:
+        """Everything that decides the uint8 output: a cache entry is valid only for an equal signature."""
+        signature = {
+            "preprocessor": "clip_uint8_chw/1",
+            "fast_path": self.fast_path,
+            "fast_jpeg_decode": self.fast_jpeg_decode,
+            "shortest_edge": self.shortest_edge,
+            "crop": list(self.crop) if self.crop else None,
+            "resample": self.resample,
+            "pillow": PIL.__version__,  # resampling filters have changed between releases
+        }
+        if not self.fast_path:  # the processor itself does the resizing: all its settings count
+            settings = self.image_processor.to_dict()
+            signature["image_processor"] = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        return signature
 
     def decode(self, data: bytes) -> Image.Image:
         """PIL RGB image from encoded bytes, with the camera's EXIF orientation applied.
@@ -95,7 +120,13 @@ class ImagePreprocessor:
         return image.convert("RGB")
 
     def to_uint8(self, data: bytes) -> torch.Tensor:
-        """uint8 tensor [3, H, W] of the resized, centre-cropped image."""
+        """uint8 tensor [3, H, W] of the resized, centre-cropped image (from the disk cache when there)."""
+        if self.tensor_cache is None:
+            return self.decode_uint8(data)
+        return torch.from_numpy(self.tensor_cache.get_or_compute(data, lambda raw: self.decode_uint8(raw).numpy()))
+
+    def decode_uint8(self, data: bytes) -> torch.Tensor:
+        """uint8 tensor [3, H, W] decoded from ``data``, bypassing the cache."""
         image = self.decode(data)
         if not self.fast_path:
             out = self.image_processor(images=image, do_rescale=False, do_normalize=False, return_tensors="np")
@@ -186,14 +217,17 @@ def embed_images(
     precision: str = "auto",
     workers: int | None = None,
     fast_jpeg_decode: bool = False,
+    image_cache: ImageCacheOption = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
 
     ``load_image(key)`` returns the encoded bytes (JPEG/PNG...).  Reading and decoding run in
     ``workers`` threads ahead of the model.  The time covers the whole path, bytes to embeddings.
+    ``image_cache``: persistent preprocessed-image cache (None: on unless ``CLIPFOOD_IMAGE_CACHE=0``,
+    at ``CLIPFOOD_CACHE_DIR`` or ``.clipfood/cache/images``; False: off; a path: that directory).
     """
     device = torch.device(device)
-    preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode)
+    preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode, image_cache=image_cache)
     reset_peak_memory(device)
     start = time.perf_counter()
     chunks = []

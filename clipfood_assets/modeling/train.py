@@ -5,7 +5,8 @@ One optimizer step sees ``batch_size x gradient_accumulation_steps`` positive pa
 (:class:`~clipfood_assets.modeling.losses.FeatureCacheAccumulator`), pairs of the same
 recipe are not negatives, and the labelled negative captions of the batch's images join
 the image->text denominator.  Images are decoded once per run into a uint8 cache by a
-thread pool that runs ahead of the loop.  A run resumes from the latest complete
+thread pool that runs ahead of the loop, and kept on disk across runs
+(:mod:`clipfood_assets.modeling.image_cache`), so a later or resumed run reads tensors.  A run resumes from the latest complete
 checkpoint in ``work_dir/checkpoints`` and ends with the same weights as an uninterrupted run.
 Under ``torchrun`` each process encodes a slice of every step and contrasts against the
 gathered global batch (:mod:`clipfood_assets.modeling.distributed`): same result as one process.
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from clipfood_assets.modeling.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip, resolve_precision
-from clipfood_assets.modeling.config import ExperimentConfig, config_to_yaml
+from clipfood_assets.modeling.config import ExperimentConfig
 from clipfood_assets.modeling.distributed import (
     DistributedWorld,
     assert_same_on_all_ranks,
@@ -43,6 +45,7 @@ from clipfood_assets.modeling.distributed import (
 )
 from clipfood_assets.modeling.efficiency import configure_cpu_threads, peak_memory, reset_peak_memory
 from clipfood_assets.modeling.embed import ImagePreprocessor, text_max_length
+from clipfood_assets.modeling.image_cache import ImageCacheOption
 from clipfood_assets.modeling.losses import (
     FeatureCacheAccumulator,
     accumulate_per_micro_batch,
@@ -327,13 +330,34 @@ def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPair
     # Checkpointing knobs do not change the result; everything else does.
     training = cfg.training.model_copy(update={"checkpoint_every_steps": 1, "keep_checkpoints": 1, "num_workers": 0})
     stable = cfg.model_copy(update={"training": training})
-    digest = hashlib.sha256(config_to_yaml(stable).encode("utf-8"))
+    # Gradient checkpointing trades compute for memory, same result: left out of the text, so
+    # runs checkpointed before the option existed still resume and it may be toggled mid-run.
+    text = yaml.safe_dump(stable.model_dump(mode="json", exclude={"training": {"gradient_checkpointing"}}),
+                          sort_keys=False, default_flow_style=False)
+    digest = hashlib.sha256(text.encode("utf-8"))
     digest.update(str(base_model).encode("utf-8"))
     digest.update(pairs.fingerprint().encode("utf-8"))
     return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- training
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each encoder layer's activations in the backward pass (call on the base CLIPModel).
+
+    Non-reentrant checkpointing: works with a frozen base (the inputs need no grad, unlike
+    the reentrant variant) and replays dropout with the saved RNG state, so the gradients
+    equal those of a plain run, also under the feature-cache accumulator's no-grad pass.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    enabled = getattr(model, "is_activation_checkpointing", None)
+    if not (enabled if enabled is not None else model.is_gradient_checkpointing):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
 
 
 def train_lora(
@@ -347,6 +371,7 @@ def train_lora(
     on_checkpoint: Callable[[Path], None] | None = None,
     log: Callable[[dict], None] | None = None,
     world: DistributedWorld | None = None,
+    image_cache: ImageCacheOption = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_pairs`` and save them to ``work_dir/adapters``.
 
@@ -362,6 +387,9 @@ def train_lora(
     and gradients are averaged, so the run computes what one process computes.  Every process
     calls this with the same arguments; only rank 0 writes checkpoints and adapters and calls
     ``log`` and ``on_checkpoint``.
+
+    ``image_cache``: the persistent preprocessed-image cache (None: on unless
+    ``CLIPFOOD_IMAGE_CACHE=0``; False: off; a path: that directory).
     """
     device = torch.device(device)
     work_dir = Path(work_dir)
@@ -385,6 +413,8 @@ def train_lora(
         _seed_everything(cfg.seed)
         torch.backends.cudnn.benchmark = False
         model, processor = load_clip(base_model, device)
+        if training.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         model = apply_lora(model, cfg.lora, train_logit_scale=training.train_logit_scale)
         logit_scale = logit_scale_parameter(model)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -432,7 +462,7 @@ def train_lora(
             list(pairs.captions) + [c for negs in pairs.negatives_by_image.values() for c, _ in negs],
             text_max_length(model, tokenizer),
         )
-        preprocessor = ImagePreprocessor(processor)
+        preprocessor = ImagePreprocessor(processor, image_cache=image_cache)
         images = ImageCache(load_image, preprocessor, training.num_workers)
         images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, state["epoch"], min_pairs),
                                             pairs))
