@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from clipfood_assets.paths import EXPERIMENT_CONFIG, PROJECT_ROOT, STATE_DIR
 
@@ -147,19 +146,6 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
         raise CliError(f"job {name} failed{where}: {reason}")
 
 
-def read_run_config(path: Path) -> dict:
-    """A run's YAML of overrides; malformed YAML or a non-mapping is a clear error naming the file."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: a run config must be a mapping of overrides, got {type(loaded).__name__}")
-    return loaded
-
-
 def data_zone_up_to_date(instance, lake) -> bool:
     """True when the data zone and the baseline were built from the trusted zone as it is now."""
     import dagster as dg
@@ -193,14 +179,14 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
     from clipfood_assets.lake import lake_from_env
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
-    from clipfood_assets.modeling.config import load_experiment_config
+    from clipfood_assets.modeling.config import load_experiment_config, read_config_mapping
     from clipfood_assets.modeling.runs import register_run
 
     overrides = {}
     if run_key is not None:
         # A bad key or config fails here, before anything is written or run.
         validate_run_key(run_key)
-        overrides = read_run_config(run_config) if run_config else {}
+        overrides = read_config_mapping(run_config) if run_config else {}
         load_experiment_config(EXPERIMENT_CONFIG, overrides=overrides)
     if instance is None:
         dagster_home()

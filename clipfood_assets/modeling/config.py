@@ -134,7 +134,8 @@ def _format_validation_error(error: ValidationError) -> str:
     return "invalid experiment config: " + "; ".join(lines)
 
 
-def _read_source(source: Path | str | Mapping | None) -> dict[str, Any]:
+def read_config_mapping(source: Path | str | Mapping | None) -> dict[str, Any]:
+    """A YAML file (or mapping) as a dict; malformed YAML or a non-mapping is a ValueError naming the file."""
     if source is None:
         return {}
     if isinstance(source, Mapping):
@@ -161,7 +162,7 @@ def load_experiment_config(
     dotted keys such as ``{"training.epochs": 5}``).  Raises ValueError naming the dotted
     key on unknown keys, wrong types or out-of-range values.
     """
-    raw = _deep_merge(_read_source(source), overrides or {})
+    raw = _deep_merge(read_config_mapping(source), overrides or {})
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
