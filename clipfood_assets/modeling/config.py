@@ -103,7 +103,7 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
 
-def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``overrides`` into a copy of ``base``; nested mappings merge, dotted keys address them."""
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -120,7 +120,7 @@ def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str,
             target = child
         leaf = path[-1]
         if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
-            target[leaf] = _deep_merge(target[leaf], value)
+            target[leaf] = deep_merge(target[leaf], value)
         else:
             target[leaf] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
     return merged
@@ -162,7 +162,7 @@ def load_experiment_config(
     dotted keys such as ``{"training.epochs": 5}``).  Raises ValueError naming the dotted
     key on unknown keys, wrong types or out-of-range values.
     """
-    raw = _deep_merge(read_config_mapping(source), overrides or {})
+    raw = deep_merge(read_config_mapping(source), overrides or {})
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ import yaml
 
 from clipfood_assets.lake.base import Lake, ObjectNotFound
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key
-from clipfood_assets.modeling.config import ExperimentConfig, config_to_yaml, load_experiment_config
+from clipfood_assets.modeling.config import ExperimentConfig, config_to_yaml, deep_merge, load_experiment_config
 
 
 def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
@@ -36,17 +36,20 @@ def resolve_run_config(
     base_config: Path, stored: Mapping[str, Any], launch_overrides: Mapping[str, Any], base_model: str
 ) -> ExperimentConfig:
     """Every run of the platform starts from the same base model as the baseline (M0)."""
-    merged_overrides = _deep_merge(dict(stored), launch_overrides)
-    merged_overrides.setdefault("model", {})
-    merged_overrides["model"] = {**merged_overrides["model"], "name": base_model}
-    return load_experiment_config(base_config, overrides=merged_overrides)
+    merged = deep_merge(dict(stored), launch_overrides)
+    return load_experiment_config(base_config, overrides=deep_merge(merged, {"model": {"name": base_model}}))
 
 
-def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
+def parse_launch_overrides(text: str) -> dict[str, Any]:
+    """The launchpad's `overrides_yaml`: empty, or a YAML mapping of config keys."""
+    if not text.strip():
+        return {}
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"overrides_yaml: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"overrides_yaml: must be a mapping of config keys, got {type(loaded).__name__}")
+    return loaded

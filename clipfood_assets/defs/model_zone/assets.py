@@ -111,7 +111,7 @@ def lora_adapters(
 ) -> dg.Output[Bundle]:
     from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
     from clipfood_assets.modeling.config import config_to_yaml
-    from clipfood_assets.modeling.runs import read_run_overrides, resolve_run_config
+    from clipfood_assets.modeling.runs import parse_launch_overrides, read_run_overrides, resolve_run_config
     from clipfood_assets.modeling.train import train_lora
 
     run_key = context.partition_key
@@ -120,7 +120,7 @@ def lora_adapters(
     cfg = resolve_run_config(
         settings.experiment_config_path(),
         read_run_overrides(store, run_key),
-        yaml.safe_load(config.overrides_yaml) or {} if config.overrides_yaml else {},
+        parse_launch_overrides(config.overrides_yaml),
         settings.resolve_base_model(base_cfg.model.name),
     )
     if compute.precision != "auto":
