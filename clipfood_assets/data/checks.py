@@ -85,7 +85,8 @@ def negatives_cross_recipe(
             [(caption, recipe) for caption, recipes in caption_to_recipes.items() for recipe in recipes],
             columns=["caption", "recipe_id"],
         )
-    negatives = aug_df.loc[aug_df["label"] == 0, ["recipe_id", "image_key", "caption"]]
+    # Ids are text everywhere; cast both sides so a caller's integer ids cannot make the merge fail.
+    negatives = aug_df.loc[aug_df["label"] == 0, ["recipe_id", "image_key", "caption"]].astype("str")
     clash = negatives.merge(owners.astype("str"), on=["caption", "recipe_id"], how="inner")
     unknown = ~negatives["caption"].isin(owners["caption"])
     details = {

@@ -6,7 +6,6 @@ is present with the recorded size, so a half-written artifact is never read as c
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ import pandas as pd
 import yaml
 
 from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound, validate_key
+from clipfood_assets.lake.tables import read_table, write_table
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -33,7 +33,7 @@ def manifest_key(prefix: str, name: str) -> str:
 def encode(name: str, value: Any) -> tuple[bytes, str]:
     """Plain formats only: CSV, JSON, YAML, text, bytes. Never pickle."""
     if isinstance(value, pd.DataFrame):
-        return value.to_csv(index=False).encode("utf-8"), "text/csv"
+        return write_table(value), "text/csv"
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), _content_type(name)
     if isinstance(value, str):
@@ -47,7 +47,7 @@ def encode(name: str, value: Any) -> tuple[bytes, str]:
 
 def decode(name: str, data: bytes) -> Any:
     if name.endswith(".csv"):
-        return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""])
+        return read_table(data)
     if name.endswith(".json"):
         return json.loads(data)
     if name.endswith((".yaml", ".yml")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -41,6 +42,10 @@ class LocalLake(Lake):
     def _path(self, bucket: str, key: str) -> Path:
         validate_bucket(bucket)
         validate_key(key)
+        if key.endswith("/"):
+            # S3 folder markers ("images/") have no file equivalent: writing one would silently
+            # create the object "images" instead.
+            raise UnsafeKey(f"a key ending in '/' cannot be a file in the local lake: {key!r}")
         path = (self.root / bucket / key).resolve()
         # Belt and braces: symlinks inside the lake must not lead out of it either.
         if not path.is_relative_to(self.root / bucket):
@@ -52,10 +57,17 @@ class LocalLake(Lake):
         return ObjectInfo(bucket, key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
 
     def _write_atomically(self, path: Path, write) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write(tmp)
+                break
+            except FileNotFoundError:
+                # A parallel delete removed the (then empty) folder between mkdir and write.
+                if attempt == 2 or path.parent.exists():
+                    raise
         try:
-            write(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -137,11 +149,22 @@ class LocalLake(Lake):
 
     def delete(self, bucket, key):
         path = self._path(bucket, key)
-        path.unlink(missing_ok=True)
-        # Drop empty folders so listings and prefixes behave like S3's.
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            return  # a folder is not an object: there is nothing to delete
+        # Drop empty folders so listings and prefixes behave like S3's. Parallel deletes race
+        # on the same folder and writers may refill it: gone or no longer empty both mean stop.
         parent = path.parent
-        while parent != self.root / bucket and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        while parent != self.root / bucket:
+            try:
+                parent.rmdir()
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    break
+                raise
             parent = parent.parent
 
     def uri(self, bucket, key=""):

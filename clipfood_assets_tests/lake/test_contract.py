@@ -120,7 +120,7 @@ def test_bundle_manifest_written_last_and_checked(lake, bucket, tmp_path):
     (adapters / "adapter_config.json").write_text("{}")
     import pandas as pd
 
-    bundle = Bundle({"results.json": {"R@1": 0.5}, "table.csv": pd.DataFrame({"a": [1, 2]}),
+    bundle = Bundle({"results.json": {"R@1": 0.5}, "table.csv": pd.DataFrame({"recipe_id": ["007", "7"], "label": [1, 2]}),
                      "config.yaml": {"lora": {"r": 8}}, "adapters": adapters})
     manifest = write_bundle(lake, bucket, "experiments/lora/run_x/", "lora_adapters", bundle)
     assert {f["name"] for f in manifest["files"]} == {
@@ -128,7 +128,8 @@ def test_bundle_manifest_written_last_and_checked(lake, bucket, tmp_path):
     stored = read_bundle(lake, bucket, "experiments/lora/run_x/", "lora_adapters")
     assert stored.read("results.json") == {"R@1": 0.5}
     assert stored.read("config.yaml") == {"lora": {"r": 8}}
-    assert stored.read("table.csv")["a"].tolist() == [1, 2]
+    table = stored.read("table.csv")
+    assert table["recipe_id"].tolist() == ["007", "7"] and table["label"].tolist() == [1, 2]
     dest = stored.download("adapters", tmp_path / "dl")
     assert (dest / "adapter_model.safetensors").read_bytes() == b"\x00" * 100
 
