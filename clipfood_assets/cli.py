@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -74,15 +75,32 @@ def cmd_synth(args) -> None:
 
 
 def cmd_base_model(args) -> None:
-    from clipfood_assets.modeling.base_model import DEFAULT_PRETRAIN_STEPS, build_base_model
+    from clipfood_assets.deployment import BASE_MODEL_ENV, platform_base_model, record_base_model
+    from clipfood_assets.modeling.config import load_experiment_config
 
-    out = Path(args.out).resolve()
-    steps = DEFAULT_PRETRAIN_STEPS if args.pretrain_steps is None else args.pretrain_steps
-    if steps < 0:
-        raise CliError("--pretrain-steps must be >= 0")
-    start = time.perf_counter()
-    build_base_model(out, seed=args.seed, pretrain_steps=steps)
-    print(f"offline base model -> {out} ({time.perf_counter() - start:.0f} s)")
+    if args.show:
+        print(platform_base_model(load_experiment_config(EXPERIMENT_CONFIG).model.name).describe())
+        return
+    if args.use:
+        local = Path(args.use).expanduser()
+        if (local.exists() or args.use.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+            raise CliError(f"--use {args.use}: no Hugging Face model folder there (config.json missing)")
+        name = args.use
+    else:
+        from clipfood_assets.modeling.base_model import DEFAULT_PRETRAIN_STEPS, build_base_model
+
+        out = Path(args.out).resolve()
+        steps = DEFAULT_PRETRAIN_STEPS if args.pretrain_steps is None else args.pretrain_steps
+        if steps < 0:
+            raise CliError("--pretrain-steps must be >= 0")
+        start = time.perf_counter()
+        build_base_model(out, seed=args.seed, pretrain_steps=steps)
+        print(f"offline base model -> {out} ({time.perf_counter() - start:.0f} s)")
+        name = str(out)
+    where = record_base_model(name)
+    print(f"platform base model: {name} (recorded in {where}; the CLI, the UI and every run use it)")
+    if os.environ.get(BASE_MODEL_ENV):
+        print(f"note: ${BASE_MODEL_ENV}={os.environ[BASE_MODEL_ENV]} is set and overrides it in this environment")
 
 
 # --- materialize ---------------------------------------------------------------------------------
@@ -122,6 +140,19 @@ def reap_dead_runs(instance) -> list[str]:
     return reaped
 
 
+def failure_reason(error) -> str:
+    """The product's own message first (the first error that is not Dagster's wrapper), then its cause."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    own = [e for e in chain if not e.cls_name or not e.cls_name.startswith("Dagster")] or chain
+    reason = own[0].message.strip()
+    if len(own) > 1:
+        reason += f" (cause: {own[-1].message.strip().splitlines()[0][:300]})"
+    return reason
+
+
 def _run_job(defs, instance, name: str, **kwargs) -> None:
     import socket
 
@@ -138,32 +169,9 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
         steps = [e for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
         reason = "see the Dagster logs"
         if steps:
-            error = steps[0].step_failure_data.error
-            while error.cause is not None:  # Dagster wraps the asset's own exception
-                error = error.cause
-            reason = error.message.strip()
+            reason = failure_reason(steps[0].step_failure_data.error)
         where = f" in {steps[0].step_key}" if steps else ""
         raise CliError(f"job {name} failed{where}: {reason}")
-
-
-def data_zone_up_to_date(instance, lake) -> bool:
-    """True when the data zone and the baseline were built from the trusted zone as it is now."""
-    import dagster as dg
-
-    from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
-
-    events = {name: instance.get_latest_materialization_event(dg.AssetKey(name))
-              for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results")}
-    if not all(events.values()):
-        return False
-    pairs = events["test_pairs_positive"]
-    recorded = pairs.asset_materialization.metadata.get("trusted zone version")
-    current = fingerprint_trusted_zone(lake).version
-    return (
-        recorded is not None
-        and recorded.value == current
-        and all(e.timestamp >= pairs.timestamp for e in events.values())
-    )
 
 
 def materialize(run_key: str | None = None, run_config: Path | None = None, base_model: str = "", instance=None,
@@ -177,17 +185,20 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
 
     from clipfood_assets.defs.definitions import build_definitions
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
+    from clipfood_assets.defs.resources import ExperimentSettings
+    from clipfood_assets.defs.trusted_zone.sensors import built_from, record_observations
     from clipfood_assets.lake import lake_from_env
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
-    from clipfood_assets.modeling.config import load_experiment_config, read_config_mapping
-    from clipfood_assets.modeling.runs import register_run
+    from clipfood_assets.modeling.config import read_config_mapping
+    from clipfood_assets.modeling.runs import register_run, resolve_run_config
 
+    base_model = ExperimentSettings(base_model=base_model).resolve_base_model()
     overrides = {}
     if run_key is not None:
         # A bad key or config fails here, before anything is written or run.
         validate_run_key(run_key)
         overrides = read_config_mapping(run_config) if run_config else {}
-        load_experiment_config(EXPERIMENT_CONFIG, overrides=overrides)
+        resolve_run_config(EXPERIMENT_CONFIG, overrides, {}, base_model)
     if instance is None:
         dagster_home()
         instance = dg.DagsterInstance.get()
@@ -197,9 +208,11 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
     lake = lake_from_env(env)
     if run_key is not None:
-        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides)
+        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides, base_model)
         instance.add_dynamic_partitions(experiment_runs.name, [run_key])
-    if force or not data_zone_up_to_date(instance, lake):
+    # Observed first: what is built next records these versions and is not shown as stale.
+    zone = record_observations(instance, lake)
+    if force or built_from(instance) != zone.version:
         _run_job(defs, instance, "refresh_from_trusted_zone")
     else:
         log.info("data zone and baseline are up to date with the trusted zone; not rebuilt")
@@ -236,7 +249,10 @@ def cmd_demo(args) -> None:
         from clipfood_assets.modeling.base_model import DEFAULT_PRETRAIN_STEPS, build_base_model
 
         build_base_model(base, seed=0, pretrain_steps=DEFAULT_PRETRAIN_STEPS)
-    print(f"[2/3] offline base model: {base}")
+    from clipfood_assets.deployment import record_base_model
+
+    where = record_base_model(str(base))
+    print(f"[2/3] offline base model: {base} (the platform's base model, recorded in {where})")
     materialize(args.run, DEMO_RUN_CONFIG, base_model=str(base))
     print(f"[3/3] every asset materialized ({time.perf_counter() - start:.0f} s)")
     results = read_bundle(lake, FINE_TUNING_ZONE, run_prefix(args.run), "lora_results").read("results_lora.json")
@@ -253,12 +269,56 @@ def cmd_demo(args) -> None:
 # --- dev -----------------------------------------------------------------------------------------
 
 
+DEV_STOP_GRACE_S = 8
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = DEV_STOP_GRACE_S) -> int:
+    """SIGTERM to the whole group (webserver, daemon, code server, run workers); SIGKILL what is
+    left after ``grace_s``. Returns the leader's exit code."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return proc.wait()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        proc.poll()  # reap the leader, or its zombie keeps the group alive
+        time.sleep(0.2)
+    if _group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def cmd_dev(args) -> None:
+    from clipfood_assets.deployment import platform_base_model
+    from clipfood_assets.modeling.config import load_experiment_config
+
     home = dagster_home()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
-    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})")
-    raise SystemExit(subprocess.call(cmd, cwd=PROJECT_ROOT))
+    base = platform_base_model(load_experiment_config(EXPERIMENT_CONFIG).model.name)
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})\nbase model: {base.describe()}",
+          flush=True)
+    # Its own process group, so that Ctrl-C / SIGTERM here stops every process it starts, at once.
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, start_new_session=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        print("stopping the Dagster UI, daemon and code server…", flush=True)
+        code = stop_process_group(proc)
+    raise SystemExit(code if code >= 0 else 0)
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -293,16 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("base-model", help="build the small offline CLIP (Hugging Face format)")
+    p = sub.add_parser("base-model", help="build the small offline CLIP and make it the platform's base model; "
+                       "--use NAME records a hub id or folder instead; --show prints the one in use")
     p.add_argument("--out", default=str(DEFAULT_BASE_MODEL_DIR))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--use", default=None, metavar="NAME",
+                   help="record a hub id (openai/clip-vit-base-patch32) or a local model folder; builds nothing")
+    p.add_argument("--show", action="store_true", help="print the platform's base model and where it comes from")
     p.set_defaults(func=cmd_base_model)
 
     p = sub.add_parser("materialize", help="materialize every asset; --run KEY adds and trains an experiment run")
     p.add_argument("--run", default=None, help="experiment-run key (a partition)")
     p.add_argument("--config", default=None, help="YAML overrides of configs/experiment_config.yaml for the run")
-    p.add_argument("--base-model", default=None, help="hub id or local folder (default: CLIPFOOD_BASE_MODEL / config)")
+    p.add_argument("--base-model", default=None,
+                   help="hub id or local folder for this invocation (default: the platform's, see `base-model --show`)")
     p.add_argument("--force", action="store_true", help="rebuild the data zone and baseline even if up to date")
     p.set_defaults(func=cmd_materialize)
 

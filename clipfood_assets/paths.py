@@ -9,7 +9,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 EXPERIMENT_CONFIG = CONFIGS_DIR / "experiment_config.yaml"
 AUGMENTATION_CONFIG = CONFIGS_DIR / "augmentation_config.yaml"
-STATE_DIR = Path(os.environ.get("CLIPFOOD_HOME") or PROJECT_ROOT / ".clipfood")
+
+
+def state_dir() -> Path:
+    """The project state folder (lake, base model, Dagster home): $CLIPFOOD_HOME or `.clipfood/`."""
+    return Path(os.environ.get("CLIPFOOD_HOME") or PROJECT_ROOT / ".clipfood")
+
+
+STATE_DIR = state_dir()
 
 
 def resolve_project_path(path: str | Path) -> Path:

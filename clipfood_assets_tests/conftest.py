@@ -6,6 +6,11 @@ import os
 import tempfile
 import uuid
 
+# Before the package is imported: tests never read or write the project's own .clipfood/ state
+# (a developer's `make demo` records a base model there).
+os.environ["CLIPFOOD_HOME"] = tempfile.mkdtemp(prefix="clipfood-test-home-")
+os.environ.pop("CLIPFOOD_BASE_MODEL", None)
+
 import pytest
 import requests
 

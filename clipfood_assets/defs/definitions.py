@@ -25,14 +25,27 @@ ASSETS = [
     comparison_report,
 ]
 
+# Runs by default (Dagster's implicit one starts stopped): a run's adapters bring its M1 numbers,
+# and new M1 numbers the report, without anyone asking.
+AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
+    "automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+    description="Evaluates the assets' automation conditions: lora_results follows its run's lora_adapters, "
+    "comparison_report follows every lora_results and baseline_results.",
+)
+
 
 def build_resources(lake_dir: str | None = None, base_model: str = "", device: str = "auto") -> dict:
+    """The resources every process builds alike; the base model is resolved here so the UI shows it."""
     lake = LakeResource(local_dir=lake_dir)
+    settings = ExperimentSettings()
     return {
         "lake": lake,
         "io_manager": ZoneIOManager(lake=lake),
         "compute": ComputeResource(device=device),
-        "settings": ExperimentSettings(base_model=base_model),
+        "settings": ExperimentSettings(base_model=base_model or settings.resolve_base_model()),
     }
 
 
@@ -41,6 +54,6 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS],
         jobs=JOBS,
-        sensors=[trusted_zone_sensor],
+        sensors=[trusted_zone_sensor, AUTOMATION_SENSOR],
         resources=build_resources(**resource_overrides),
     )

@@ -22,11 +22,12 @@ def counts(df: pd.DataFrame) -> dict[str, Any]:
     return meta
 
 
-def metric_values(results: dict, prefix: str = "") -> dict[str, float]:
-    """Flatten {"metrics": {direction: {metric: value}}} into plottable floats, e.g. `t2i R@1`."""
+def metric_values(results: dict, suffix: str = "") -> dict[str, float]:
+    """Flatten {"metrics": {direction: {metric: value}}} into plottable floats rounded to 3 decimals,
+    one number per entry (so the UI plots it over materializations), e.g. `t2i R@1`."""
     short = {"text_to_image": "t2i", "image_to_text": "i2t"}
     out = {}
     for direction, metrics in results.get("metrics", {}).items():
         for name, value in metrics.items():
-            out[f"{prefix}{short.get(direction, direction)} {name}"] = float(value)
+            out[f"{short.get(direction, direction)} {name}{suffix}"] = round(float(value), 3)
     return out

@@ -7,7 +7,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from clipfood_assets.deployment import platform_base_model
 from clipfood_assets.lake import Lake, lake_from_env
+from clipfood_assets.modeling.config import load_experiment_config
 from clipfood_assets.paths import AUGMENTATION_CONFIG, EXPERIMENT_CONFIG, resolve_project_path
 
 
@@ -55,8 +57,9 @@ class ExperimentSettings(dg.ConfigurableResource):
     augmentation_config: str = Field(default=str(AUGMENTATION_CONFIG), description="Augmentation config (YAML).")
     base_model: str = Field(
         default="",
-        description="Base CLIP (hub id or local folder) shared by M0 and every M1 run; empty = model.name "
-        "from the experiment config. Set CLIPFOOD_BASE_MODEL to point at the offline base model.",
+        description="The platform's base CLIP (hub id or local folder), shared by M0 and every M1 run. Filled in "
+        "when the definitions load, from $CLIPFOOD_BASE_MODEL, else .clipfood/deployment.yaml (written by "
+        "`clipfood base-model` / `clipfood demo`), else model.name of the experiment config.",
     )
 
     def experiment_config_path(self) -> Path:
@@ -65,8 +68,9 @@ class ExperimentSettings(dg.ConfigurableResource):
     def augmentation_config_path(self) -> Path:
         return resolve_project_path(self.augmentation_config)
 
-    def resolve_base_model(self, configured: str) -> str:
-        """M0 and M1 must share one base model; a local folder is made absolute."""
-        name = self.base_model or os.environ.get("CLIPFOOD_BASE_MODEL", "") or configured
-        local = resolve_project_path(name)
-        return str(local) if local.exists() else name
+    def resolve_base_model(self) -> str:
+        """M0 and M1 share this one base model; a local folder is made absolute."""
+        return self.base_model or platform_base_model(self.configured_model_name()).name
+
+    def configured_model_name(self) -> str:
+        return load_experiment_config(self.experiment_config_path()).model.name

@@ -10,7 +10,8 @@ import yaml
 
 from clipfood_assets.lake.base import Lake, ObjectNotFound
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key
-from clipfood_assets.modeling.config import ExperimentConfig, config_to_yaml, deep_merge, load_experiment_config
+from clipfood_assets.paths import resolve_project_path
+from clipfood_assets.modeling.config import ExperimentConfig, deep_merge, load_experiment_config
 
 
 def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
@@ -25,19 +26,42 @@ def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
     return loaded
 
 
-def register_run(lake: Lake, run_key: str, base_config: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
-    """Validate a run's config against the platform defaults and store it as the run's config.yaml."""
-    cfg = load_experiment_config(base_config, overrides=overrides)
-    lake.put_bytes(FINE_TUNING_ZONE, run_config_key(run_key), config_to_yaml(cfg).encode(), "application/yaml")
+def register_run(
+    lake: Lake, run_key: str, base_config: Path, overrides: Mapping[str, Any], base_model: str
+) -> ExperimentConfig:
+    """Validate a run's overrides against the platform defaults and store them (only them) for the run.
+
+    Raises ValueError for an invalid config or a ``model.name`` other than the platform's base model.
+    """
+    cfg = resolve_run_config(base_config, overrides, {}, base_model)
+    lake.put_bytes(FINE_TUNING_ZONE, run_config_key(run_key), yaml.safe_dump(dict(overrides), sort_keys=True).encode(),
+                   "application/yaml")
     return cfg
 
 
 def resolve_run_config(
     base_config: Path, stored: Mapping[str, Any], launch_overrides: Mapping[str, Any], base_model: str
 ) -> ExperimentConfig:
-    """Every run of the platform starts from the same base model as the baseline (M0)."""
+    """The run's config: platform defaults, then its stored overrides, then this launch's overrides.
+
+    ``model.name`` is the platform's base model (M1−M0 only means something on one base model): a
+    run may repeat it but never name another, which is refused rather than silently replaced.
+    """
     merged = deep_merge(dict(stored), launch_overrides)
+    asked = (merged.get("model") or {}).get("name") if isinstance(merged.get("model"), Mapping) else None
+    if asked is not None and not _same_model(str(asked), base_model):
+        raise ValueError(
+            f"model.name {asked!r} in the run config differs from the platform's base model {base_model!r}, which "
+            "M0 was evaluated with; M1−M0 compares one base model with and without adapters. Remove model.name "
+            "from the run config, or change the platform's base model with `clipfood base-model --use NAME` "
+            "(or $CLIPFOOD_BASE_MODEL)."
+        )
     return load_experiment_config(base_config, overrides=deep_merge(merged, {"model": {"name": base_model}}))
+
+
+def _same_model(a: str, b: str) -> bool:
+    """The same hub id, or two spellings of one local folder."""
+    return a == b or resolve_project_path(a).resolve() == resolve_project_path(b).resolve()
 
 
 def parse_launch_overrides(text: str) -> dict[str, Any]:

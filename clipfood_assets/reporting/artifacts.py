@@ -8,7 +8,9 @@ return None instead of raising.
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,9 @@ class RunArtifacts:
     config: Mapping[str, Any] | None = None
 
 
+_FIGURE_LINK = re.compile(r"\]\(([A-Za-z0-9_.-]+\.png)\)")
+
+
 @dataclass(frozen=True)
 class Report:
     """The comparison report: files to store (name -> bytes), a JSON-safe summary, report.md text."""
@@ -47,6 +52,18 @@ class Report:
     files: dict[str, bytes] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     markdown: str = ""
+
+    def figure_data_uri(self, name: str) -> str:
+        """`name`'s PNG as a `data:` URI: it renders wherever the markdown is shown (the Dagster UI
+        loads no relative paths and cannot reach the lake)."""
+        return "data:image/png;base64," + base64.b64encode(self.files[name]).decode("ascii")
+
+    def markdown_with_inline_figures(self) -> str:
+        """report.md with every figure link `](name.png)` replaced by the figure's data URI."""
+        return _FIGURE_LINK.sub(
+            lambda m: f"]({self.figure_data_uri(m.group(1))})" if m.group(1) in self.files else m.group(0),
+            self.markdown,
+        )
 
 
 def as_number(value: Any) -> float | None:

@@ -17,17 +17,20 @@ def s3_env(s3_server, s3_lake, monkeypatch):
     return s3_lake
 
 
-def _tick(cursor):
-    instance = dg.DagsterInstance.ephemeral()
+def _tick(cursor, instance=None):
+    """One evaluation; the SensorResult is unpacked into its run request or its skip reason."""
+    instance = instance or dg.DagsterInstance.ephemeral()
     context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"lake": LakeResource()})
     result = trusted_zone_sensor(context)
+    if isinstance(result, dg.SensorResult):
+        result = result.run_requests[0] if result.run_requests else result.skip_reason.skip_message
     return result, context.cursor
 
 
 def test_sensor_requests_one_run_per_change_and_skips_otherwise(s3_env):
     lake = s3_env
     result, cursor = _tick(None)
-    assert isinstance(result, dg.SkipReason)  # empty zone: nothing to build from
+    assert "no recipes.jsonl" in result  # empty zone: nothing to build from
 
     lake.put_bytes(TRUSTED_ZONE, "images/soup__aaaaaaaaaa_0.jpg", b"jpeg-1")
     lake.put_bytes(TRUSTED_ZONE, RECIPES_KEY, b'{"id": "aaaaaaaaaa", "title_text_raw": "Tomato Soup"}\n')
@@ -35,7 +38,7 @@ def test_sensor_requests_one_run_per_change_and_skips_otherwise(s3_env):
     assert isinstance(first, dg.RunRequest)
 
     unchanged, cursor_after = _tick(cursor)
-    assert isinstance(unchanged, dg.SkipReason) and cursor_after == cursor
+    assert "unchanged" in unchanged and cursor_after == cursor
 
     seen = {first.run_key}
     changes = [
@@ -52,9 +55,9 @@ def test_sensor_requests_one_run_per_change_and_skips_otherwise(s3_env):
         assert request.run_key not in seen
         seen.add(request.run_key)
         again, _ = _tick(cursor)
-        assert isinstance(again, dg.SkipReason)
+        assert "unchanged" in again
     # The cursor stays compact whatever the zone size: a fingerprint, not a listing.
-    assert len(cursor) < 300 and json.loads(cursor)["n_images"] == 1
+    assert len(cursor) < 400 and json.loads(cursor)["n_images"] == 1
 
 
 def test_sensor_targets_the_data_zone_and_baseline():
@@ -67,3 +70,80 @@ def test_sensor_targets_the_data_zone_and_baseline():
             "augmented_training_pairs", "baseline_results"} <= selected
     assert "lora_adapters" not in selected  # runs are re-trained only when asked
     assert trusted_zone_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def _zone(lake, title="Tomato Soup"):
+    lake.put_bytes(TRUSTED_ZONE, "images/soup__aaaaaaaaaa_0.jpg", b"jpeg-1")
+    lake.put_bytes(TRUSTED_ZONE, RECIPES_KEY, json.dumps({"id": "aaaaaaaaaa", "title_text_raw": title}).encode())
+
+
+def _record_built(instance, version: str):
+    """What a successful refresh leaves: the data zone and the baseline, built from `version`."""
+    for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results"):
+        metadata = {"trusted zone version": version} if name == "test_pairs_positive" else {}
+        instance.report_runless_asset_event(dg.AssetMaterialization(name, metadata=metadata))
+
+
+def _refresh_run(instance, request, status):
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    run = DagsterRun(job_name="refresh_from_trusted_zone", tags=request.tags, status=status)
+    instance.add_run(run)
+    return run
+
+
+def test_first_tick_after_a_build_launches_nothing_and_records_observations(s3_env):
+    from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+
+    _zone(s3_env)
+    instance = dg.DagsterInstance.ephemeral()
+    _record_built(instance, fingerprint_trusted_zone(s3_env).version)
+    context = dg.build_sensor_context(cursor=None, instance=instance, resources={"lake": LakeResource()})
+    result = trusted_zone_sensor(context)
+    cursor = context.cursor
+    assert not result.run_requests and "built from this trusted zone" in result.skip_reason.skip_message
+    # The trusted-zone assets get the versions the sensor saw, the ones observing them gives.
+    from clipfood_assets.defs.trusted_zone.assets import trusted_zone
+
+    observed = {r.asset_key: r.data_version.value for r in
+                trusted_zone(dg.build_asset_context(resources={"lake": LakeResource()}))}
+    recorded = {e.asset_key: e.tags["dagster/data_version"] for e in result.asset_events}
+    assert recorded == observed and len(recorded) == 2
+    unchanged = trusted_zone_sensor(dg.build_sensor_context(cursor=cursor, instance=instance,
+                                                            resources={"lake": LakeResource()}))
+    assert not unchanged.asset_events  # observations are recorded when something changed, not every minute
+    # ...and a later change is still a change.
+    _zone(s3_env, title="Soup")
+    request, _ = _tick(cursor, instance)
+    assert isinstance(request, dg.RunRequest) and "recipes.jsonl changed" in request.tags["clipfood/trusted_zone_change"]
+
+
+def test_a_failed_refresh_is_retried_with_backoff_then_left_for_a_person(s3_env, monkeypatch):
+    from clipfood_assets.defs.trusted_zone import sensors
+
+    _zone(s3_env)
+    instance = dg.DagsterInstance.ephemeral()
+    request, cursor = _tick(None, instance)
+    assert isinstance(request, dg.RunRequest)
+    _refresh_run(instance, request, dg.DagsterRunStatus.STARTED)
+    waiting, cursor = _tick(cursor, instance)
+    assert "under way" in waiting
+    # The run fails: the next tick (zone unchanged) waits for the backoff, then asks again.
+    for run in instance.get_runs():
+        instance.report_run_failed(run)
+    backing_off, cursor = _tick(cursor, instance)
+    assert "retrying in" in backing_off
+    monkeypatch.setattr(sensors, "RETRY_BACKOFF_S", 0)
+    keys = {request.run_key}
+    for attempt in range(2, sensors.MAX_ATTEMPTS + 1):
+        retry, cursor = _tick(cursor, instance)
+        assert isinstance(retry, dg.RunRequest), retry
+        assert retry.tags[sensors.ATTEMPT_TAG] == str(attempt) and retry.run_key not in keys
+        keys.add(retry.run_key)
+        instance.report_run_failed(_refresh_run(instance, retry, dg.DagsterRunStatus.STARTED))
+    gave_up, cursor = _tick(cursor, instance)
+    assert f"{sensors.MAX_ATTEMPTS} refreshes" in gave_up and "failed" in gave_up
+    # A change of the zone starts afresh.
+    _zone(s3_env, title="Soup")
+    fresh, _ = _tick(cursor, instance)
+    assert isinstance(fresh, dg.RunRequest) and fresh.tags[sensors.ATTEMPT_TAG] == "1"

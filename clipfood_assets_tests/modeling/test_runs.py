@@ -21,10 +21,10 @@ def test_launch_overrides_accept_a_mapping_and_refuse_anything_else():
         parse_launch_overrides("- epochs\n- 5\n")
 
 
-def test_launch_overrides_win_over_stored_and_the_base_model_is_forced():
+def test_launch_overrides_win_over_stored_and_the_platform_base_model_fills_model_name():
     cfg = resolve_run_config(
         EXPERIMENT_CONFIG,
-        stored={"lora": {"r": 4}, "training": {"epochs": 2}, "model": {"name": "someone/else"}},
+        stored={"lora": {"r": 4}, "training": {"epochs": 2}},
         launch_overrides={"training": {"epochs": 7}},
         base_model="/models/base",
     )
@@ -32,6 +32,22 @@ def test_launch_overrides_win_over_stored_and_the_base_model_is_forced():
     assert cfg.lora.lora_alpha == 16  # untouched keys keep the platform default
     with pytest.raises(ValueError, match="training.epochs"):
         resolve_run_config(EXPERIMENT_CONFIG, {}, {"training": {"epochs": "many"}}, "/models/base")
+
+
+@pytest.mark.parametrize("where", ["stored", "launch"])
+def test_a_run_naming_another_model_is_refused_not_silently_replaced(where):
+    other = {"model": {"name": "someone/else"}}
+    stored, launch = (other, {}) if where == "stored" else ({}, other)
+    with pytest.raises(ValueError, match=r"model.name 'someone/else' .* differs from the platform's base model "
+                                         r"'/models/base'.*clipfood base-model --use"):
+        resolve_run_config(EXPERIMENT_CONFIG, stored, launch, "/models/base")
+
+
+def test_a_run_may_repeat_the_platform_base_model(tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    cfg = resolve_run_config(EXPERIMENT_CONFIG, {"model": {"name": str(tmp_path / "." / "m")}}, {}, str(model_dir))
+    assert cfg.model.name == str(model_dir)
 
 
 def test_stored_run_config_must_be_a_mapping(local_lake):
@@ -43,7 +59,11 @@ def test_stored_run_config_must_be_a_mapping(local_lake):
 
 def test_register_run_validates_before_writing(local_lake):
     with pytest.raises(ValueError, match="lora.rank"):
-        register_run(local_lake, "bad", EXPERIMENT_CONFIG, {"lora": {"rank": 8}})
+        register_run(local_lake, "bad", EXPERIMENT_CONFIG, {"lora": {"rank": 8}}, "/models/base")
+    with pytest.raises(ValueError, match="differs from the platform's base model"):
+        register_run(local_lake, "other", EXPERIMENT_CONFIG, {"model": {"name": "x/y"}}, "/models/base")
     assert not local_lake.exists(FINE_TUNING_ZONE, run_config_key("bad"))
-    cfg = register_run(local_lake, "ok", EXPERIMENT_CONFIG, {"lora": {"r": 16}})
-    assert cfg.lora.r == 16 and read_run_overrides(local_lake, "ok")["lora"]["r"] == 16
+    assert not local_lake.exists(FINE_TUNING_ZONE, run_config_key("other"))
+    cfg = register_run(local_lake, "ok", EXPERIMENT_CONFIG, {"lora": {"r": 16}}, "/models/base")
+    # Only what the user asked for is stored: the platform defaults stay the platform's.
+    assert cfg.lora.r == 16 and read_run_overrides(local_lake, "ok") == {"lora": {"r": 16}}

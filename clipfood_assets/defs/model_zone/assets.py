@@ -36,8 +36,8 @@ def _headline(results: dict) -> dict:
     eff = results.get("efficiency", {})
     return {
         **metric_values(results),
-        "images/s": float(eff.get("images_per_s", 0.0)),
-        "texts/s": float(eff.get("texts_per_s", 0.0)),
+        "images/s": round(float(eff.get("images_per_s", 0.0)), 1),
+        "texts/s": round(float(eff.get("texts_per_s", 0.0)), 1),
         "peak memory (MiB)": round(float(eff.get("peak_memory_bytes", 0)) / 2**20, 1),
         "device": str(eff.get("device", "")),
         "test recipes": int(results.get("n_recipes", 0)),
@@ -66,7 +66,7 @@ def baseline_results(
     from clipfood_assets.modeling.evaluate import evaluate_retrieval
 
     cfg = load_experiment_config(settings.experiment_config_path())
-    base_model = settings.resolve_base_model(cfg.model.name)
+    base_model = settings.resolve_base_model()
     device = compute.torch_device()
     model, processor = load_clip(base_model, device)
     results, examples = evaluate_retrieval(
@@ -112,16 +112,15 @@ def lora_adapters(
     from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
     from clipfood_assets.modeling.config import config_to_yaml
     from clipfood_assets.modeling.runs import parse_launch_overrides, read_run_overrides, resolve_run_config
-    from clipfood_assets.modeling.train import train_lora
+    from clipfood_assets.modeling.train import format_progress, train_lora
 
     run_key = context.partition_key
     store = lake.get_lake()
-    base_cfg = load_experiment_config(settings.experiment_config_path())
     cfg = resolve_run_config(
         settings.experiment_config_path(),
         read_run_overrides(store, run_key),
         parse_launch_overrides(config.overrides_yaml),
-        settings.resolve_base_model(base_cfg.model.name),
+        settings.resolve_base_model(),
     )
     if compute.precision != "auto":
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"precision": compute.precision})})
@@ -144,7 +143,7 @@ def lora_adapters(
             on_checkpoint=lambda path: upload_checkpoint(
                 store, FINE_TUNING_ZONE, checkpoints, path, cfg.training.keep_checkpoints
             ),
-            log=lambda entry: context.log.info(str(entry)) if entry["step"] % 25 == 0 else None,
+            log=lambda entry: context.log.info(format_progress(entry)) if _worth_logging(entry) else None,
         )
         logs = result.training_logs
         efficiency = {
@@ -167,17 +166,18 @@ def lora_adapters(
         output = dg.Output(
             bundle,
             metadata={
-                "final loss": float(logs["epochs"][-1]["avg_loss"]) if logs.get("epochs") else float("nan"),
-                "training time (s)": round(result.training_time_s, 2),
+                "final loss": round(float(logs["epochs"][-1]["avg_loss"]), 4) if logs.get("epochs") else float("nan"),
+                "training time (s)": round(result.training_time_s, 1),
                 "pairs/s": round(result.samples_per_s, 1),
                 "trainable parameters": int(result.trainable_parameters),
                 "total parameters": int(result.total_parameters),
                 "peak memory (MiB)": round(result.peak_memory_bytes / 2**20, 1),
-                "negatives per pair": int(logs.get("negatives_per_pair", 0)),
+                "negatives per pair": round(float(logs.get("negatives_per_pair", 0)), 2),
                 "effective batch": int(logs.get("effective_batch_size", 0)),
                 "lora r": cfg.lora.r,
+                "base model": cfg.model.name,
                 "device": result.device,
-                "loss curve": dg.MetadataValue.md(_loss_table(logs)),
+                "learning curve": dg.MetadataValue.md(_learning_curve_md(run_key, logs)),
             },
         )
         # The manifest is written by the I/O manager inside this block, while the folder exists.
@@ -186,10 +186,18 @@ def lora_adapters(
     store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
 
 
-def _loss_table(logs: dict) -> str:
-    rows = ["| epoch | avg loss | time (s) |", "|---|---|---|"]
-    rows += [f"| {e['epoch']} | {e['avg_loss']:.4f} | {e['time_s']:.1f} |" for e in logs.get("epochs", [])]
-    return "\n".join(rows)
+def _worth_logging(entry: dict) -> bool:
+    """About twenty progress lines a run, and the last step."""
+    return entry["step"] % max(1, entry["total_steps"] // 20) == 0 or entry["step"] == entry["total_steps"]
+
+
+def _learning_curve_md(run_key: str, logs: dict) -> str:
+    from clipfood_assets.reporting import Report, RunArtifacts
+    from clipfood_assets.reporting.figures import learning_curves_png
+    from clipfood_assets.reporting.plotting import run_colors
+
+    png = learning_curves_png({run_key: RunArtifacts(results={}, training_logs=logs)}, run_colors([run_key]))
+    return f"![Training loss and temperature per step]({Report(files={'curve.png': png}).figure_data_uri('curve.png')})"
 
 
 @dg.asset(
@@ -197,10 +205,16 @@ def _loss_table(logs: dict) -> str:
     partitions_def=experiment_runs,
     metadata=zone_artifact(RUN_PREFIX),
     description="M1 evaluation for one experiment run: the base model with the run's adapters merged, on the same "
-    "test pairs and protocol as M0, with paired-bootstrap CIs of M1−M0: results_lora.json and examples_top5.json.",
+    "test pairs and protocol as M0, with paired-bootstrap CIs of M1−M0: results_lora.json and examples_top5.json. "
+    "Follows its run's lora_adapters by itself (automation); a new trusted zone does not re-evaluate old adapters.",
     kinds={"pytorch", "json", "s3"},
     owners=OWNERS,
     code_version="1",
+    # Only a new training of this run re-evaluates it: evaluating old adapters on a new test set could
+    # score them on recipes they were trained on.
+    automation_condition=dg.AutomationCondition.eager().ignore(
+        dg.AssetSelection.assets("baseline_results", "test_pairs_positive")
+    ),
 )
 def lora_results(
     context: dg.AssetExecutionContext,
@@ -231,13 +245,30 @@ def lora_results(
     comparison = compare_to_baseline(results, baseline, cfg)
     results["comparison_to_baseline"] = comparison
     primary = comparison["text_to_image"]["R@1"]
+    run_report = _run_report(context.partition_key, results, examples, logs, cfg, baseline, baseline_results,
+                             lake.get_lake())
     return dg.Output(
         Bundle({"results_lora.json": results, "examples_top5.json": examples}),
         metadata={
             **_headline(results),
-            "t2i R@1 M1−M0": float(primary["diff"]),
-            "t2i R@1 M1−M0 CI low": float(primary["ci"][0]),
-            "t2i R@1 M1−M0 CI high": float(primary["ci"][1]),
+            **metric_values(baseline, suffix=" (M0)"),
+            "t2i R@1 M1−M0": round(float(primary["diff"]), 3),
+            "t2i R@1 M1−M0 CI low": round(float(primary["ci"][0]), 3),
+            "t2i R@1 M1−M0 CI high": round(float(primary["ci"][1]), 3),
             "H1 supported": bool(comparison["h1_supported"]),
+            "report": dg.MetadataValue.md(run_report),
         },
     )
+
+
+def _run_report(run_key, results, examples, logs, cfg, baseline, baseline_results, store) -> str:
+    """This run against M0 as report.md with its figures inline: metric bars, M1−M0, learning
+    curve, efficiency and retrieval examples, on the asset's own page."""
+    from clipfood_assets.modeling.config import config_to_yaml
+    from clipfood_assets.reporting import RunArtifacts, build_comparison_report
+
+    run = RunArtifacts(results=results, examples=examples, training_logs=logs,
+                       config=yaml.safe_load(config_to_yaml(cfg)))
+    report = build_comparison_report(baseline, baseline_results.read("examples_top5.json"), {run_key: run},
+                                     load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key))
+    return report.markdown_with_inline_figures()

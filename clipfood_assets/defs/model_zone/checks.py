@@ -29,10 +29,17 @@ def metrics_out_of_range(results: dict) -> list[str]:
     return problems
 
 
+def _range_result(problems: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"problems": len(problems), "details": dg.MetadataValue.md(
+            "\n".join(f"- {p}" for p in problems) or "every metric finite and in range")},
+    )
+
+
 @dg.asset_check(asset="baseline_results", description="Every metric is finite and in its range; R@K grows with K.")
 def baseline_metrics_in_range(baseline_results: StoredBundle) -> dg.AssetCheckResult:
-    problems = metrics_out_of_range(baseline_results.read("results_baseline.json"))
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+    return _range_result(metrics_out_of_range(baseline_results.read("results_baseline.json")))
 
 
 @dg.asset_check(
@@ -41,8 +48,7 @@ def baseline_metrics_in_range(baseline_results: StoredBundle) -> dg.AssetCheckRe
     description="Every metric is finite and in its range; R@K grows with K.",
 )
 def lora_metrics_in_range(context: dg.AssetCheckExecutionContext, lora_results: StoredBundle) -> dg.AssetCheckResult:
-    problems = metrics_out_of_range(lora_results.read("results_lora.json"))
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+    return _range_result(metrics_out_of_range(lora_results.read("results_lora.json")))
 
 
 @dg.asset_check(
@@ -57,7 +63,13 @@ def lora_beats_baseline(context: dg.AssetCheckExecutionContext, lora_results: St
     return dg.AssetCheckResult(
         passed=bool(comparison["h1_supported"]),
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"M1−M0": float(primary["diff"]), "CI": dg.MetadataValue.json(primary["ci"])},
+        metadata={
+            "t2i R@1 M0": round(float(primary["m0"]), 3),
+            "t2i R@1 M1": round(float(primary["m1"]), 3),
+            "M1−M0": round(float(primary["diff"]), 3),
+            "CI low": round(float(primary["ci"][0]), 3),
+            "CI high": round(float(primary["ci"][1]), 3),
+        },
     )
 
 

@@ -1,8 +1,6 @@
 """The comparison report: M0 against every experiment run, with the seed's plots."""
 
 
-import base64
-
 import dagster as dg
 
 from clipfood_assets.defs.io_manager import zone_artifact
@@ -11,6 +9,16 @@ from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.lake.artifacts import Bundle, IncompleteArtifact, StoredBundle, read_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_prefix
+
+
+# Eager, except that a run that is missing (added, not trained yet, or failed) does not hold the
+# report back: it reports the runs that exist. A run in progress still makes it wait.
+REPORT_CONDITION = (
+    dg.AutomationCondition.eager()
+    .without(~dg.AutomationCondition.any_deps_missing())
+    .with_label("eager, missing runs ignored")
+    & ~dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets("lora_results"))
+)
 
 
 @dg.asset(
@@ -22,7 +30,7 @@ from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_pre
     kinds={"matplotlib", "markdown", "s3"},
     owners=OWNERS,
     code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=REPORT_CONDITION,
 )
 def comparison_report(
     context: dg.AssetExecutionContext, lake: LakeResource, baseline_results: StoredBundle
@@ -50,9 +58,12 @@ def comparison_report(
         runs,
         load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key),
     )
-    metadata = {"runs": len(runs), "report": dg.MetadataValue.md(report.markdown)}
-    if "metric_bars.png" in report.files:
-        b64 = base64.b64encode(report.files["metric_bars.png"]).decode()
-        metadata["metric bars"] = dg.MetadataValue.md(f"![metric bars](data:image/png;base64,{b64})")
-    metadata["summary"] = dg.MetadataValue.json(report.summary)
+    summary = report.summary
+    metadata = {
+        "runs": len(runs),
+        "runs supporting H1": int(summary.get("n_supported", 0)),
+        "best run": str(summary.get("best_run") or "none"),
+        "report": dg.MetadataValue.md(report.markdown_with_inline_figures()),
+        "summary": dg.MetadataValue.json(summary),
+    }
     return dg.Output(Bundle(dict(report.files)), metadata=metadata)

@@ -4,8 +4,8 @@ import dagster as dg
 
 from clipfood_assets.defs.meta import OWNERS
 from clipfood_assets.defs.resources import LakeResource
-from clipfood_assets.lake.base import ObjectNotFound
-from clipfood_assets.lake.fingerprint import images_digest
+from clipfood_assets.lake.base import Lake
+from clipfood_assets.lake.fingerprint import ZoneFingerprint, fingerprint_trusted_zone
 from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_IMAGES_PREFIX, TRUSTED_ZONE
 
 GROUP = "trusted_zone"
@@ -30,23 +30,28 @@ IMAGES = dg.AssetSpec(
 )
 
 
-@dg.multi_observable_source_asset(specs=[RECIPES, IMAGES], name="trusted_zone", group_name=GROUP)
-def trusted_zone(lake: LakeResource):
-    """Data versions from ETags, so the UI shows what changed upstream and what is stale."""
+def zone_versions(store: Lake, fingerprint: ZoneFingerprint) -> dict[dg.AssetKey, tuple[str, dict]]:
+    """Data version and metadata of each trusted-zone asset. One owner for both the observation
+    the UI runs and the ones the sensor records, so they always agree."""
+    recipes_meta = ({"present": False} if fingerprint.recipes_etag is None else
+                    {"uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, RECIPES_KEY))})
+    return {
+        RECIPES.key: (fingerprint.recipes_etag or "missing", recipes_meta),
+        IMAGES.key: (fingerprint.images_digest[:16], {
+            "images": fingerprint.n_images,
+            "size_bytes": fingerprint.images_bytes,
+            "uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)),
+        }),
+    }
+
+
+@dg.multi_observable_source_asset(specs=[RECIPES, IMAGES], name="trusted_zone", group_name=GROUP, can_subset=True)
+def trusted_zone(context: dg.AssetExecutionContext, lake: LakeResource):
+    """Data versions from ETags, so the UI shows what changed upstream and what is stale.
+
+    Either asset can be observed alone; both come from one listing of the zone.
+    """
     store = lake.get_lake()
-    try:
-        info = store.stat(TRUSTED_ZONE, RECIPES_KEY)
-        yield dg.ObserveResult(
-            asset_key=RECIPES.key,
-            data_version=dg.DataVersion(info.etag),
-            metadata={"size_bytes": info.size, "uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, RECIPES_KEY))},
-        )
-    except ObjectNotFound:
-        yield dg.ObserveResult(asset_key=RECIPES.key, data_version=dg.DataVersion("missing"), metadata={"present": False})
-    digest, n, size = images_digest(store)
-    yield dg.ObserveResult(
-        asset_key=IMAGES.key,
-        data_version=dg.DataVersion(digest[:16]),
-        metadata={"images": n, "size_bytes": size,
-                  "uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX))},
-    )
+    for key, (version, metadata) in zone_versions(store, fingerprint_trusted_zone(store)).items():
+        if key in context.selected_asset_keys:
+            yield dg.ObserveResult(asset_key=key, data_version=dg.DataVersion(version), metadata=metadata)

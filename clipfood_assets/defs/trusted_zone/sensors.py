@@ -1,14 +1,23 @@
 """Rebuild when the trusted zone changes: any image or recipes.jsonl added, changed or deleted."""
 
 
-import hashlib
 import json
+import time
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what ObserveResult writes too
 
 from clipfood_assets.defs.jobs import refresh_job
 from clipfood_assets.defs.resources import LakeResource
-from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+from clipfood_assets.defs.trusted_zone.assets import zone_versions
+from clipfood_assets.lake.base import Lake
+from clipfood_assets.lake.fingerprint import ZoneFingerprint, fingerprint_trusted_zone
+
+VERSION_TAG = "clipfood/trusted_zone_version"
+ATTEMPT_TAG = "clipfood/attempt"
+# A failed refresh of an unchanged zone is retried after 1, 2, 4 min, then left for a person.
+RETRY_BACKOFF_S = 60
+MAX_ATTEMPTS = 4
 
 
 def describe_change(before: dict | None, after: dict) -> str:
@@ -23,27 +32,100 @@ def describe_change(before: dict | None, after: dict) -> str:
     return "; ".join(parts)
 
 
+def observations(store: Lake, fingerprint: ZoneFingerprint) -> list[dg.AssetObservation]:
+    """The trusted-zone assets' observations as the sensor records them (same versions as observing them)."""
+    return [
+        dg.AssetObservation(asset_key=key, metadata=metadata, tags={DATA_VERSION_TAG: version})
+        for key, (version, metadata) in zone_versions(store, fingerprint).items()
+    ]
+
+
+def record_observations(instance: dg.DagsterInstance, store: Lake) -> ZoneFingerprint:
+    """Record the zone's current versions, so what is built from it next is not shown as stale."""
+    fingerprint = fingerprint_trusted_zone(store)
+    for event in observations(store, fingerprint):
+        instance.report_runless_asset_event(event)
+    return fingerprint
+
+
+def built_from(instance: dg.DagsterInstance) -> str | None:
+    """The trusted-zone version the data zone and the baseline were last built from, if complete."""
+    events = {name: instance.get_latest_materialization_event(dg.AssetKey(name))
+              for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results")}
+    if not all(events.values()):
+        return None
+    pairs = events["test_pairs_positive"]
+    if any(e.timestamp < pairs.timestamp for e in events.values()):
+        return None  # a refresh that stopped half-way
+    recorded = pairs.asset_materialization.metadata.get("trusted zone version")
+    return None if recorded is None else str(recorded.value)
+
+
+def _attempts(instance: dg.DagsterInstance, version: str, since: float) -> list:
+    """Refresh runs requested for this zone version since the zone entered it, newest first."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=refresh_job.name, tags={VERSION_TAG: version}), limit=50)
+    records = {r.dagster_run.run_id: r for r in instance.get_run_records(
+        filters=dg.RunsFilter(run_ids=[run.run_id for run in runs]))} if runs else {}
+    return [records[r.run_id] for r in runs if r.run_id in records and records[r.run_id].create_timestamp.timestamp()
+            >= since]
+
+
 @dg.sensor(
     job=refresh_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Lists the trusted zone (streamed) and compares a fingerprint of every key and ETag with the last "
-    "one; on any change it rebuilds the data zone and the baseline.",
+    description="Lists the trusted zone (streamed), records its versions as observations of trusted_recipes and "
+    "trusted_images, and rebuilds the data zone and the baseline when they were not built from this version. "
+    f"A failed rebuild of an unchanged zone is retried with backoff ({RETRY_BACKOFF_S} s doubling, "
+    f"{MAX_ATTEMPTS} attempts).",
 )
 def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-    current = fingerprint_trusted_zone(lake.get_lake()).to_dict()
-    previous_cursor = context.cursor
-    before = json.loads(previous_cursor) if previous_cursor else None
-    if before == current:
-        return dg.SkipReason("trusted zone unchanged")
-    context.update_cursor(json.dumps(current, sort_keys=True))
-    if current["recipes_etag"] is None:
-        return dg.SkipReason("trusted zone has no recipes.jsonl yet")
-    change = describe_change(before, current)
-    # Keyed by the transition, not the state: a zone reverted to an earlier state (A -> B -> A)
-    # is still rebuilt, where a state key would be deduplicated by Dagster.
-    transition = hashlib.sha256(f"{previous_cursor}|{json.dumps(current, sort_keys=True)}".encode()).hexdigest()
-    return dg.RunRequest(
-        run_key=transition[:24],
-        tags={"clipfood/trusted_zone_change": change[:200], "clipfood/images": str(current["n_images"])},
+    store = lake.get_lake()
+    fingerprint = fingerprint_trusted_zone(store)
+    current = fingerprint.to_dict()
+    state = json.loads(context.cursor) if context.cursor else None
+    before = None if state is None else {k: v for k, v in state.items() if k != "since"}
+    events = []
+    since = state.get("since", 0.0) if state else 0.0
+    if before != current:
+        events = observations(store, fingerprint)
+        since = time.time()
+        context.update_cursor(json.dumps({**current, "since": since}, sort_keys=True))
+
+    def skip(reason: str) -> dg.SensorResult:
+        return dg.SensorResult(skip_reason=reason, asset_events=events)
+
+    if fingerprint.recipes_etag is None:
+        return skip("trusted zone has no recipes.jsonl yet")
+    if built_from(context.instance) == fingerprint.version:
+        return skip("data zone and baseline are built from this trusted zone (version "
+                    f"{fingerprint.version}); nothing to do")
+    attempts = _attempts(context.instance, fingerprint.version, since)
+    if any(not r.dagster_run.is_finished for r in attempts):
+        return skip(f"a refresh for version {fingerprint.version} is under way")
+    if not attempts and before == current:
+        return skip("trusted zone unchanged")
+    if attempts:
+        last = attempts[0]
+        if last.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            return skip(f"the last refresh for version {fingerprint.version} ended {last.dagster_run.status.value}; "
+                        "launch refresh_from_trusted_zone to try again")
+        if len(attempts) >= MAX_ATTEMPTS:
+            return skip(f"{len(attempts)} refreshes for version {fingerprint.version} failed; fix the cause (see run "
+                        f"{last.dagster_run.run_id[:8]}) and launch refresh_from_trusted_zone, or change the zone")
+        wait = RETRY_BACKOFF_S * 2 ** (len(attempts) - 1)
+        ended = last.end_time or last.update_timestamp.timestamp()
+        if time.time() - ended < wait:
+            return skip(f"refresh failed; retrying in {wait - (time.time() - ended):.0f} s "
+                        f"(attempt {len(attempts) + 1} of {MAX_ATTEMPTS})")
+    change = describe_change(before, current) if before != current else "retry after a failed refresh"
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(
+            # One key per zone state entered and attempt: a zone reverted to an earlier state (A -> B -> A)
+            # is rebuilt, and retries are new runs.
+            run_key=f"{fingerprint.version}-{since * 1000:.0f}-{len(attempts) + 1}",
+            tags={"clipfood/trusted_zone_change": change[:200], "clipfood/images": str(current["n_images"]),
+                  VERSION_TAG: fingerprint.version, ATTEMPT_TAG: str(len(attempts) + 1)},
+        )],
+        asset_events=events,
     )

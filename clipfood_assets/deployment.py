@@ -1,0 +1,83 @@
+"""Deployment-wide settings that every process (CLI, `dagster dev`, daemon, run workers) resolves alike.
+
+The platform's base model is one of them: M0 and every M1 run share it, so it belongs to the
+deployment, not to a run. It is resolved, first match wins, from
+
+1. the ``CLIPFOOD_BASE_MODEL`` environment variable (containers, CI, a one-off override);
+2. ``<CLIPFOOD_HOME>/deployment.yaml`` (``base_model: …``), written by ``clipfood base-model``
+   and ``clipfood demo``;
+3. ``model.name`` of ``configs/experiment_config.yaml`` (``openai/clip-vit-base-patch32``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from clipfood_assets.paths import resolve_project_path, state_dir
+
+BASE_MODEL_ENV = "CLIPFOOD_BASE_MODEL"
+
+
+def deployment_file() -> Path:
+    return state_dir() / "deployment.yaml"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The platform's base model: a hub id or an absolute local folder, and where that came from."""
+
+    name: str
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.name} (from {self.source})"
+
+
+def _normalise(name: str) -> str:
+    local = resolve_project_path(name)
+    return str(local) if local.exists() else name
+
+
+def _recorded() -> str:
+    path = deployment_file()
+    if not path.is_file():
+        return ""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc}); fix or delete it") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("base_model", ""), str):
+        raise ValueError(f"{path}: expected a mapping with a string 'base_model'")
+    return loaded.get("base_model", "").strip()
+
+
+def platform_base_model(configured: str) -> BaseModel:
+    """The base model every process uses; ``configured`` is the experiment config's ``model.name``.
+
+    Raises ValueError when ``deployment.yaml`` is malformed.
+    """
+    if os.environ.get(BASE_MODEL_ENV, "").strip():
+        return BaseModel(_normalise(os.environ[BASE_MODEL_ENV].strip()), f"${BASE_MODEL_ENV}")
+    recorded = _recorded()
+    if recorded:
+        return BaseModel(_normalise(recorded), str(deployment_file()))
+    return BaseModel(_normalise(configured), "model.name in the experiment config")
+
+
+def record_base_model(name: str) -> Path:
+    """Make ``name`` (hub id or folder) the deployment's base model; local folders are stored absolute."""
+    path = deployment_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = {}
+    if path.is_file():
+        current = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    current["base_model"] = _normalise(name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Written by `clipfood`: settings shared by the CLI, the Dagster UI, daemon and runs.\n"
+                   + yaml.safe_dump(current, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
+    return path
