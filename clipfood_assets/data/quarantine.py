@@ -29,10 +29,23 @@ class QuarantineRecord:
     detail: str
 
 
+def storable(text: str) -> str:
+    """``text`` itself, or with what UTF-8 cannot hold (lone surrogates) written as ``\\udXXX`` escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def quarantine_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
-    """Records as a DataFrame with columns ``source, reason, detail`` (empty frame keeps the columns)."""
-    rows = [(r.source, r.reason, r.detail) for r in records]
-    return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+    """Records as a DataFrame with columns ``source, reason, detail`` (empty frame keeps the columns).
+
+    Every field is made storable: the quarantine is where bad text goes, so it must never be
+    the thing that fails to be written.
+    """
+    rows = [(storable(str(r.source)), storable(str(r.reason)), storable(str(r.detail))) for r in records]
+    return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS).astype("str")
 
 
 def reason_counts(records: Iterable[QuarantineRecord]) -> dict[str, int]:

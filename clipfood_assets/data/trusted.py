@@ -41,6 +41,18 @@ def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def is_storable_text(text: str) -> bool:
+    """True if UTF-8 can hold ``text``: no lone surrogate (JSON's ``"\\ud83c"``, or a file name
+    that was not UTF-8). Such text would fail every later write (CSV, S3 key, metadata)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_caption(text: str) -> str:
     """Collapse whitespace (and control characters) to single spaces and strip."""
     if not text.isprintable():  # rare: only then pay for the regex
@@ -95,6 +107,8 @@ def _coerce_id(raw: object) -> tuple[str | None, str, str]:
     recipe_id = str(raw)
     if not recipe_id:
         return None, "missing_id", "empty id"
+    if not is_storable_text(recipe_id):
+        return None, "unencodable_text", f"id {_clip(ascii(recipe_id), 80)} holds a lone surrogate: UTF-8 cannot store it"
     # Image keys spell the id as ``__<id>_<n>``; an id with '/', '__', control characters or
     # surrounding blanks could never be matched (or would be ambiguous), so it is rejected here.
     if (
@@ -107,14 +121,17 @@ def _coerce_id(raw: object) -> tuple[str | None, str, str]:
     return recipe_id, "", ""
 
 
-def _first_title(obj: dict) -> str | None:
+def _first_title(obj: dict) -> tuple[str | None, str]:
+    """(title, field it came from); (None, field) when the first usable title cannot be stored."""
     for field in TITLE_FIELDS:
         value = obj.get(field)
         if isinstance(value, str):
             title = normalize_caption(value)
             if title:
-                return title
-    return None
+                # A title UTF-8 cannot hold is this record's problem: quarantine it rather than
+                # fall back to another field that may describe something else.
+                return (title, field) if is_storable_text(title) else (None, field)
+    return None, ""
 
 
 def _parse_line(raw: bytes, max_line_bytes: int) -> tuple[str, str] | tuple[None, str, str]:
@@ -135,7 +152,11 @@ def _parse_line(raw: bytes, max_line_bytes: int) -> tuple[str, str] | tuple[None
     recipe_id, reason, detail = _coerce_id(obj.get("id"))
     if recipe_id is None:
         return None, reason, detail
-    caption = _first_title(obj)
+    caption, field = _first_title(obj)
+    if caption is None and field:
+        return None, "unencodable_text", _clip(
+            f"id {recipe_id!r}: {field} holds a lone surrogate, UTF-8 cannot store it: {ascii(obj[field])}"
+        )
     if caption is None:
         return None, "missing_title", f"id {_clip(recipe_id, 80)!r}: none of {', '.join(TITLE_FIELDS)} is a non-empty string"
     return recipe_id, caption
@@ -267,11 +288,23 @@ def parse_image_keys(
         series = series[np.concatenate(([True], array[1:] != array[:-1]))] if len(array) else series
     else:
         series = series.drop_duplicates()
+    records: list[QuarantineRecord] = []
+    # Keys UTF-8 cannot hold (a local file name that was not UTF-8 lists with lone surrogates)
+    # would fail every later write; only non-ASCII keys need the full check.
+    non_ascii = ~series.str.isascii().astype("boolean").fillna(True).astype(bool)
+    if non_ascii.any():
+        unstorable = series[non_ascii][~series[non_ascii].map(is_storable_text)]
+        records += [
+            QuarantineRecord(ascii(key)[1:-1], "unencodable_key", "key holds a lone surrogate (not UTF-8)")
+            for key in unstorable
+        ]
+        series = series.drop(unstorable.index)
     pattern = _good_key_pattern(prefix, tuple(allowed_extensions))
     # Two single-group extractions are cheaper in pandas than one two-group extraction.
     recipe_ids = series.str.extract(pattern.replace("(?P<position>", "(?:"), expand=False)
     good = recipe_ids.notna()
-    records = _classify_bad_keys(series[~good], prefix, tuple(allowed_extensions)) if (~good).any() else []
+    if (~good).any():
+        records += _classify_bad_keys(series[~good], prefix, tuple(allowed_extensions))
     good_keys = series[good]
     positions = good_keys.str.extract(pattern.replace("(?P<recipe_id>", "(?:"), expand=False)
     images = pd.DataFrame(
