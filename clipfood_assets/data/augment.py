@@ -27,7 +27,7 @@ from clipfood_assets.data.augment_image import augment_image
 from clipfood_assets.data.augment_text import augment_caption
 from clipfood_assets.data.negatives import sample_negatives
 from clipfood_assets.data.parallel import bounded_map
-from clipfood_assets.data.trusted import load_rgb
+from clipfood_assets.data.decode import decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _encode_jpeg(image) -> bytes:
 
 def render_variants(source: bytes, seeds: list[int], cfg: AugmentationConfig) -> list[tuple[bytes, list[str]]]:
     """Decode ``source`` once and render one augmented JPEG per seed."""
-    image = load_rgb(source)
+    image = decode_rgb(source)
     results = []
     for seed in seeds:
         augmented, ops = augment_image(image, cfg, np.random.default_rng(seed))

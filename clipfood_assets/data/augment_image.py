@@ -22,7 +22,7 @@ from clipfood_assets.data.augment_config import (
     RotationConfig,
     Toggle,
 )
-from clipfood_assets.data.trusted import to_rgb
+from clipfood_assets.data.decode import to_rgb
 
 Transform = Callable[[Image.Image, Toggle, np.random.Generator], tuple[Image.Image, str]]
 
@@ -107,7 +107,7 @@ def augment_image(
     never equals its source. Same rng state -> same output.
     """
     section = image_section(cfg)
-    image = to_rgb(img) if img.mode != "RGB" else img
+    image = to_rgb(img)
     if not section.enabled:
         return image, []
     streams = rng.spawn(len(TRANSFORMS))

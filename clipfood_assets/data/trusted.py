@@ -11,13 +11,20 @@ import json
 import logging
 import re
 import warnings
-from io import BytesIO
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from clipfood_assets.data.decode import (  # noqa: F401 - IMAGE_FORMATS, to_rgb: re-exported
+    DEFAULT_MAX_PIXELS,
+    IMAGE_FORMATS,
+    ImageTooLarge,
+    decode_rgb,
+    open_checked,
+    to_rgb,
+)
 from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.quarantine import QuarantineRecord
 
@@ -27,9 +34,6 @@ RECIPES_KEY = "documents/recipes.jsonl"
 IMAGES_PREFIX = "images/"
 TITLE_FIELDS = ("title_text_raw", "title_text_clean", "title")
 DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-# Decoders we let PIL use. Restricting them keeps exotic plugins (EPS calls Ghostscript,
-# for instance) away from untrusted bytes; the trusted zone only promises JPEG/PNG.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 _DETAIL_CHARS = 200
 _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
@@ -324,29 +328,17 @@ def parse_image_keys(
 # ---------------------------------------------------------------------------
 
 
-class ImageTooLarge(ValueError):
-    """Declared pixel count above the explicit decompression-bomb limit."""
-
-
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (header only) and enforce our own pixel limit before anything is decoded."""
-    image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)
-    width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise ImageTooLarge(f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
-    return image
-
-
 def validate_image(
-    key: str, data: bytes, max_pixels: int = 40_000_000, min_side: int = 8
+    key: str, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8
 ) -> QuarantineRecord | None:
     """Return a QuarantineRecord if ``data`` is not a usable image, else None.
 
     Checks: empty bytes, not an image (or a format outside JPEG/PNG/WEBP), declared size over
     ``max_pixels`` (checked from the header, before decoding, so bombs are never allocated),
-    a side under ``min_side``, and full decode (``verify`` + ``load``) for truncation/corruption.
-    Alpha, palette, CMYK, 16-bit, grayscale and EXIF-rotated images are valid; see load_rgb.
+    a side under ``min_side``, ``verify`` for structure, then the full decode that every later
+    step uses (:func:`~clipfood_assets.data.decode.decode_rgb`), so a photo that passes here
+    is one the model, the augmentation and the report can all read, with the same pixels.
+    Alpha, palette, CMYK, 16-bit, grayscale and EXIF-rotated images are valid.
     """
     if not data:
         return QuarantineRecord(key, "empty_image", "zero bytes")
@@ -355,13 +347,12 @@ def validate_image(
         # is min(max_pixels, PIL's threshold); our default (40 MP) is below PIL's (89 MP).
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open_checked(data, max_pixels) as image:
+            with open_checked(data, max_pixels) as image:
                 width, height = image.size
                 if min(width, height) < min_side:
                     return QuarantineRecord(key, "image_too_small", f"{width}x{height}, min side {min_side}")
                 image.verify()  # structure and checksums; the object is unusable afterwards
-            with _open_checked(data, max_pixels) as image:
-                image.load()  # full decode: catches truncated data that verify() misses
+            decode_rgb(data, max_pixels=max_pixels)  # full decode: catches truncation verify() misses
     except (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return QuarantineRecord(key, "image_too_large", _clip(str(exc)))
     except UnidentifiedImageError as exc:
@@ -373,46 +364,15 @@ def validate_image(
     return None
 
 
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit grayscale: PIL's convert() would clip at 255 (all white); scale instead.
-        array = np.asarray(image, dtype=np.float64)
-        scale = 257.0 if image.mode.startswith("I") else (1 / 255 if array.max(initial=0) <= 1 else 1.0)
-        gray = np.clip(np.rint(array / scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if _has_alpha(image):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_rgb(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
-    """Decode image bytes to an upright 8-bit RGB image.
-
-    Applies the EXIF orientation, converts any mode to RGB (alpha over white, 16-bit scaled)
-    and enforces the same explicit pixel limit as validate_image (raises ValueError).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with _open_checked(data, max_pixels) as image:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-    return to_rgb(upright)
+# The one decoder, under the name callers of this module know.
+load_rgb = decode_rgb
 
 
 def validate_images(
     keys: Iterable[str],
     read: Callable[[str], bytes],
     workers: int = 4,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[QuarantineRecord]:

@@ -7,9 +7,7 @@ normalisation to the model's mean/std happens on the device, batch-wise.
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import PIL
-from PIL import Image, ImageOps
+from PIL import Image
 
+from clipfood_assets.data.decode import DECODER_VERSION, decode_rgb
 from clipfood_assets.modeling.clip import autocast_context
 from clipfood_assets.modeling.efficiency import available_cores, peak_memory, reset_peak_memory, synchronize
 from clipfood_assets.modeling.image_cache import ImageCacheOption, ImageTensorCache, resolve_cache_root
@@ -91,6 +90,7 @@ class ImagePreprocessor:
         """Everything that decides the uint8 output: a cache entry is valid only for an equal signature."""
         signature = {
             "preprocessor": "clip_uint8_chw/1",
+            "decoder": DECODER_VERSION,  # cached tensors from another decoder are other pixels
             "fast_path": self.fast_path,
             "fast_jpeg_decode": self.fast_jpeg_decode,
             "shortest_edge": self.shortest_edge,
@@ -110,14 +110,10 @@ class ImagePreprocessor:
         reduced DCT scale (PIL ``draft``, 1/2 to 1/8), never below the resize target: ~5x
         faster for 512 px photos at 64 px, pixel values within a few levels of a full decode.
         """
-        image = Image.open(io.BytesIO(data))
-        if self.fast_jpeg_decode and self.fast_path and image.format == "JPEG":
-            width, height = image.size
-            factor = self.shortest_edge / min(width, height)
-            if factor < 0.5:
-                image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        # The platform's one decoder (16-bit scaled, alpha on the fixed background, EXIF
+        # upright): the model sees the pixels that were validated and augmented.
+        reduce = self.shortest_edge if self.fast_jpeg_decode and self.fast_path else None
+        return decode_rgb(data, min_short_side=reduce)
 
     def to_uint8(self, data: bytes) -> torch.Tensor:
         """uint8 tensor [3, H, W] of the resized, centre-cropped image (from the disk cache when there)."""

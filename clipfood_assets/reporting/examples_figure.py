@@ -7,7 +7,6 @@ placeholder tiles: a missing photo never stops the report.
 
 from __future__ import annotations
 
-import io
 import logging
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from PIL import Image, ImageDraw, ImageOps
 
+from clipfood_assets.data.decode import decode_rgb
 from clipfood_assets.reporting.artifacts import BASELINE_LABEL, DIRECTION_LABELS, DIRECTIONS, as_number, as_rank
 from clipfood_assets.reporting.plotting import (
     HIT_COLOR,
@@ -117,11 +117,10 @@ class ThumbnailCache:
             data = self._load_image(key)
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"load_image returned {type(data).__name__}, not bytes")
-            with Image.open(io.BytesIO(bytes(data))) as image:
-                if image.width * image.height > MAX_SOURCE_PIXELS:
-                    raise ValueError(f"{image.width}x{image.height} is too large for a thumbnail")
-                image.draft("RGB", (self._size, self._size))  # JPEG: decode at reduced scale
-                return ImageOps.fit(image.convert("RGB"), (self._size, self._size))
+            # The platform's one decoder: a transparent photo shows on the same background as
+            # the model saw it; JPEGs are decoded at reduced scale for a thumbnail.
+            image = decode_rgb(bytes(data), max_pixels=MAX_SOURCE_PIXELS, min_short_side=self._size)
+            return ImageOps.fit(image, (self._size, self._size))
         except Exception as error:  # any unreadable image becomes a placeholder, by design
             logger.debug("thumbnail %r unavailable: %s", key, error)
             return None

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from clipfood_assets.data.decode import decode_rgb
 from clipfood_assets.modeling.clip import autocast_context, load_clip, resolve_device, resolve_precision
 from clipfood_assets.modeling.config import load_experiment_config
 from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images, embed_texts
@@ -31,8 +32,8 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def _reference_pixels(processor, data: bytes) -> torch.Tensor:
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+    # The platform's one decoder (alpha on its fixed background), then the processor's own resizing.
+    return processor(images=decode_rgb(data), return_tensors="pt")["pixel_values"][0]
 
 
 def test_image_preprocessing_matches_the_processor(tiny, synthetic_data):
