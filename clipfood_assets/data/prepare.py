@@ -17,9 +17,11 @@ from clipfood_assets.data.quarantine import quarantine_frame
 from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_images
 from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound
+from clipfood_assets.lake.tables import SchemaError, read_table, write_table
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
     FINE_TUNING_ZONE,
+    IMAGE_COPIES_KEY,
     IMAGES_PREFIX,
     RECIPES_KEY,
     TRUSTED_IMAGES_PREFIX,
@@ -39,6 +41,7 @@ class PositivePairs:
     n_recipes_read: int
     n_images_listed: int
     exact_duplicate_recipes: int = 0
+    folder_markers: int = 0  # zero-byte "folder/" objects skipped, not quarantined
     stats: dict = field(default_factory=dict)
 
 
@@ -68,7 +71,14 @@ def read_positive_pairs(
             f"the trusted zone has no {lake.uri(TRUSTED_ZONE, RECIPES_KEY)}; "
             "write one (e.g. `clipfood synth`) before building pairs"
         ) from None
-    keys = [obj.key for obj in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX) if obj.size >= 0]
+    keys: list[str] = []
+    folder_markers = 0
+    for obj in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX):
+        # Zero-byte "folder" objects (images/, images/sub/) are how S3 consoles show folders.
+        if obj.key.endswith("/") and obj.size == 0:
+            folder_markers += 1
+        else:
+            keys.append(obj.key)
     images, key_quarantine = parse_image_keys(keys)
 
     # Only images that could pair are downloaded to be checked: the rest is quarantined by key alone.
@@ -95,6 +105,7 @@ def read_positive_pairs(
         n_recipes_read=len(recipes),
         n_images_listed=len(keys),
         exact_duplicate_recipes=int(recipes.attrs.get("exact_duplicates", 0)),
+        folder_markers=folder_markers,
     )
 
 
@@ -110,24 +121,66 @@ class CopyStats:
         return (self.copied + self.skipped) / self.seconds if self.seconds > 0 else 0.0
 
 
+def read_copy_record(lake: Lake) -> dict[str, tuple[str, int, str]]:
+    """image key -> (source ETag, source size, copy ETag) as recorded by the last copy_images."""
+    try:
+        table = read_table(lake.get_bytes(FINE_TUNING_ZONE, IMAGE_COPIES_KEY))
+        columns = ["image_key", "source_etag", "source_size", "copy_etag"]
+        return {key: (etag, int(size), copy) for key, etag, size, copy in table[columns].itertuples(index=False)}
+    except ObjectNotFound:
+        return {}
+    except (SchemaError, KeyError, ValueError) as exc:  # a damaged record only costs re-copies
+        log.warning("ignoring unreadable copy record %s: %s", IMAGE_COPIES_KEY, exc)
+        return {}
+
+
 def copy_images(
     lake: Lake, image_keys: list[str], *, workers: int = 16, progress: Progress | None = None
 ) -> CopyStats:
     """Mirror the paired images into the fine-tuning zone with server-side copies.
 
-    Unchanged objects (same ETag on both sides) are skipped, and images no longer paired are
-    removed, so the zone always holds exactly the images the CSVs name.
+    A copy is skipped when its source is unchanged: the source's own ETag and size equal those
+    recorded when the copy was made (``IMAGE_COPIES_KEY``), and the copy is still the one made
+    then (its ETag as recorded). A copy's ETag is never compared with its source's: a multipart
+    upload's ETag (``<md5>-2``) is not the ETag a server-side copy of it gets. Images no longer
+    paired are removed only after every wanted copy is in place and the record is written, so
+    the zone always holds at least the images the CSVs name.
     """
     start = time.perf_counter()
     wanted = sorted(set(image_keys))
-    source = {o.key: o.etag for o in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)}
-    present = {o.key: o.etag for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
+    source = {o.key: o for o in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)}
+    present = {o.key: o for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
     missing = [k for k in wanted if k not in source]
     if missing:
         raise LakeError(f"{len(missing)} paired images are not in the trusted zone, e.g. {missing[:3]}")
-    todo = [k for k in wanted if present.get(k) != source[k]]
+    record = read_copy_record(lake)
+
+    def unchanged(key: str) -> bool:
+        src, copy = source[key], present.get(key)
+        return copy is not None and copy.size == src.size and record.get(key) == (src.etag, src.size, copy.etag)
+
+    todo = [k for k in wanted if not unchanged(k)]
     _parallel(lambda k: lake.copy(TRUSTED_ZONE, k, FINE_TUNING_ZONE, k), todo, workers, progress)
-    stale = sorted(set(present) - set(wanted))
+
+    after = {o.key: o for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
+    incomplete = [k for k in wanted if k not in after or after[k].size != source[k].size]
+    if incomplete:
+        raise LakeError(
+            f"{len(incomplete)} image copies are missing or have the wrong size after copying, e.g. {incomplete[:3]}; "
+            "nothing was removed"
+        )
+    lake.put_bytes(
+        FINE_TUNING_ZONE,
+        IMAGE_COPIES_KEY,
+        write_table(pd.DataFrame({
+            "image_key": wanted,
+            "source_etag": [source[k].etag for k in wanted],
+            "source_size": [source[k].size for k in wanted],
+            "copy_etag": [after[k].etag for k in wanted],
+        })),
+        "text/csv",
+    )
+    stale = sorted(set(after) - set(wanted))
     _parallel(lambda k: lake.delete(FINE_TUNING_ZONE, k), stale, workers, None)
     return CopyStats(len(todo), len(wanted) - len(todo), len(stale), time.perf_counter() - start)
 

@@ -17,6 +17,8 @@ TRAIN_PAIRS_KEY = "datasets/train_pairs_positive.csv"
 TEST_PAIRS_KEY = "datasets/test_pairs_positive.csv"
 AUGMENTED_PAIRS_KEY = "datasets/train_pairs_augmented_with_negatives.csv"
 QUARANTINE_KEY = "quarantine/pairing_quarantine.csv"
+# The trusted-zone identity (ETag, size) of each image copy, recorded when it was copied.
+IMAGE_COPIES_KEY = "manifests/image_copies.csv"
 IMAGES_PREFIX = "images/"
 AUGMENTED_IMAGES_PREFIX = "augmented_images/"
 BASELINE_PREFIX = "experiments/baseline/"
