@@ -153,7 +153,7 @@ def failure_reason(error) -> str:
     return reason
 
 
-def _run_job(defs, instance, name: str, **kwargs) -> None:
+def _run_job(defs, instance, name: str, ops: dict | None = None, **kwargs) -> None:
     import socket
 
     job = defs.resolve_job_def(name)
@@ -162,6 +162,8 @@ def _run_job(defs, instance, name: str, **kwargs) -> None:
     # Dagster's step events are DEBUG; the assets' own progress is INFO.
     level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "INFO"
     run_config = {"loggers": {"console": {"config": {"log_level": level}}}}
+    if ops:
+        run_config["ops"] = ops
     result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, run_config=run_config,
                                     **kwargs)
     if not result.success:
@@ -213,7 +215,10 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     # Observed first: what is built next records these versions and is not shown as stale.
     zone = record_observations(instance, lake)
     if force or built_from(instance) != zone.version:
-        _run_job(defs, instance, "refresh_from_trusted_zone")
+        from clipfood_assets.defs.data_zone.assets import accept_degenerate_refresh_config
+
+        # --force also lets a refresh through the guard that stops degenerate ones (pairs to 0...).
+        _run_job(defs, instance, "refresh_from_trusted_zone", ops=accept_degenerate_refresh_config() if force else None)
     else:
         log.info("data zone and baseline are up to date with the trusted zone; not rebuilt")
     if run_key is not None:
@@ -368,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML overrides of configs/experiment_config.yaml for the run")
     p.add_argument("--base-model", default=None,
                    help="hub id or local folder for this invocation (default: the platform's, see `base-model --show`)")
-    p.add_argument("--force", action="store_true", help="rebuild the data zone and baseline even if up to date")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild the data zone and baseline even if up to date, and accept a refresh the guard "
+                        "stops (pairs dropping to 0 or by more than the allowed fraction)")
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")

@@ -24,6 +24,8 @@ from clipfood_assets.lake.layout import (
     IMAGE_COPIES_KEY,
     IMAGES_PREFIX,
     RECIPES_KEY,
+    TEST_PAIRS_KEY,
+    TRAIN_PAIRS_KEY,
     TRUSTED_IMAGES_PREFIX,
     TRUSTED_ZONE,
 )
@@ -186,6 +188,7 @@ def copy_images(
 
 
 def remove_stale_augmented_images(lake: Lake, keep: set[str], workers: int = 16) -> int:
+    """Delete augmented images no pair names any more; call it once the new augmented CSV is stored."""
     stale = [o.key for o in lake.list(FINE_TUNING_ZONE, AUGMENTED_IMAGES_PREFIX) if o.key not in keep]
     _parallel(lambda k: lake.delete(FINE_TUNING_ZONE, k), stale, workers, None)
     return len(stale)
@@ -194,7 +197,11 @@ def remove_stale_augmented_images(lake: Lake, keep: set[str], workers: int = 16)
 def augment_training_pairs(
     lake: Lake, train_pairs: pd.DataFrame, cfg, *, workers: int = 2, progress: Progress | None = None
 ) -> pd.DataFrame:
-    """Render the planned image variants into augmented_images/ and label the pairs (with negatives)."""
+    """Render the planned image variants into augmented_images/ and label the pairs (with negatives).
+
+    Nothing is deleted here: the previous augmented CSV still names the old images until the new
+    one is stored; then :func:`remove_stale_augmented_images` removes what it no longer names.
+    """
     from clipfood_assets.data.augment import build_augmented_pairs, plan_augmentations, render_all
 
     plan = plan_augmentations(train_pairs, cfg)
@@ -205,5 +212,81 @@ def augment_training_pairs(
         workers=workers,
         progress=progress,
     )
-    remove_stale_augmented_images(lake, set(plan["image_key"]))
     return build_augmented_pairs(train_pairs, rendered, cfg)
+
+
+# ---------------------------------------------------------------------------
+# the refresh guard: good artifacts are never replaced by degenerate ones
+# ---------------------------------------------------------------------------
+
+
+class DegenerateRefresh(ValueError):
+    """A refresh would replace the data zone's pairs with far fewer (or none); nothing was written."""
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    train: int
+    test: int
+
+    @property
+    def total(self) -> int:
+        return self.train + self.test
+
+
+def stored_pair_counts(lake: Lake) -> PairCounts | None:
+    """Rows of the pair CSVs the data zone holds now; None when there are none (first build)."""
+    counts = []
+    for key in (TRAIN_PAIRS_KEY, TEST_PAIRS_KEY):
+        try:
+            counts.append(len(read_table(lake.get_bytes(FINE_TUNING_ZONE, key))))
+        except ObjectNotFound:
+            return None
+        except SchemaError as exc:  # unreadable artifacts are not good artifacts to protect
+            log.warning("cannot read %s (%s); the refresh guard has nothing to compare with", key, exc)
+            return None
+    return PairCounts(*counts)
+
+
+def refresh_refusal(previous: PairCounts | None, new: PairCounts, max_drop_fraction: float) -> str | None:
+    """Why ``new`` pairs must not replace ``previous`` (None: fine).
+
+    Degenerate: no training or no test pairs at all, or, when pairs exist, fewer than
+    ``(1 - max_drop_fraction)`` of them are left.
+    """
+    if not 0.0 <= max_drop_fraction <= 1.0:
+        raise ValueError(f"max_drop_fraction must be in [0, 1], got {max_drop_fraction}")
+    change = (
+        f"train {previous.train} -> {new.train}, test {previous.test} -> {new.test}"
+        if previous is not None else f"train {new.train}, test {new.test}"
+    )
+    if new.train == 0 or new.test == 0:
+        return f"the refresh leaves no {'training' if new.train == 0 else 'test'} pairs ({change})"
+    if previous is not None and previous.total > 0:
+        dropped = 1.0 - new.total / previous.total
+        if dropped > max_drop_fraction:
+            return (
+                f"pairs would drop by {dropped:.0%} ({previous.total} -> {new.total}; {change}), "
+                f"more than the allowed {max_drop_fraction:.0%}"
+            )
+    return None
+
+
+def guard_refresh(
+    lake: Lake, pairs: PositivePairs, *, max_drop_fraction: float = 0.5, accept: bool = False
+) -> str | None:
+    """Stop a refresh whose pairs are degenerate before anything is written or deleted.
+
+    Raises DegenerateRefresh (with what was read and what was quarantined, and how to accept
+    it); with ``accept`` returns the refusal it overrode instead (None when there was none).
+    """
+    refusal = refresh_refusal(stored_pair_counts(lake), PairCounts(len(pairs.train), len(pairs.test)), max_drop_fraction)
+    if refusal is None or accept:
+        return refusal
+    reasons = pairs.quarantine["reason"].value_counts().head(3).to_dict() if len(pairs.quarantine) else {}
+    raise DegenerateRefresh(
+        f"refusing to refresh the data zone: {refusal}. The trusted zone gave {pairs.n_recipes_read} recipes "
+        f"and {pairs.n_images_listed} images" + (f" (most quarantined: {reasons})" if reasons else "")
+        + ". Nothing was written or deleted. If this is intended, accept it: `clipfood materialize --force`, "
+        "or set accept_degenerate_refresh: true in the positive_pairs config."
+    )

@@ -6,7 +6,14 @@ import pandas as pd
 from pydantic import Field
 
 from clipfood_assets.data.augment_config import load_augmentation_config
-from clipfood_assets.data.prepare import augment_training_pairs, copy_images, read_positive_pairs
+from clipfood_assets.data.prepare import (
+    DegenerateRefresh,
+    augment_training_pairs,
+    copy_images,
+    guard_refresh,
+    read_positive_pairs,
+    remove_stale_augmented_images,
+)
 from clipfood_assets.defs.io_manager import zone_object
 from clipfood_assets.defs.meta import OWNERS, counts, preview
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
@@ -30,6 +37,20 @@ class PairingConfig(dg.Config):
     seed: int = Field(default=42, description="Seed of the recipe-level split.")
     min_caption_chars: int = 3
     max_caption_chars: int = 200
+    max_pair_drop_fraction: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Refresh guard: stop, before anything is written or deleted, when the pairs would drop by more "
+        "than this fraction of those the data zone holds (or to no training or no test pairs at all).",
+    )
+    accept_degenerate_refresh: bool = Field(
+        default=False,
+        description="Accept a refresh the guard stops (what `clipfood materialize --force` sets).",
+    )
+
+
+def accept_degenerate_refresh_config() -> dict:
+    """Run-config ``ops`` section that lets one refresh through the guard (the CLI's --force)."""
+    return {"positive_pairs": {"config": {"accept_degenerate_refresh": True}}}
 
 
 def _progress(context, what: str):
@@ -90,6 +111,16 @@ def positive_pairs(
         workers=compute.io_workers,
         progress=_progress(context, "images checked"),
     )
+    # Before any output is stored: a degenerate refresh must not replace good artifacts.
+    try:
+        overridden = guard_refresh(
+            store, result, max_drop_fraction=config.max_pair_drop_fraction, accept=config.accept_degenerate_refresh
+        )
+    except DegenerateRefresh as exc:
+        # Retrying cannot help: the trusted zone must change, or the refresh be accepted.
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    if overridden:
+        context.log.warning(f"refresh guard overridden (accept_degenerate_refresh): {overridden}")
     by_reason = result.quarantine["reason"].value_counts().to_dict() if len(result.quarantine) else {}
     if len(result.quarantine):
         context.log.warning(f"quarantined {len(result.quarantine)} records: {by_reason}")
@@ -98,6 +129,8 @@ def positive_pairs(
         "recipes read": result.n_recipes_read,
         "images listed": result.n_images_listed,
         "quarantined": len(result.quarantine),
+        "folder markers skipped": result.folder_markers,
+        "guard overridden": overridden or "no",
     }
     yield dg.Output(result.train, "train_pairs_positive", metadata={**counts(result.train), **shared, "preview": preview(result.train)})
     yield dg.Output(result.test, "test_pairs_positive", metadata={**counts(result.test), **shared, "preview": preview(result.test)})
@@ -116,7 +149,8 @@ def positive_pairs(
 @dg.asset(
     group_name=GROUP,
     description=f"The paired images mirrored into {FINE_TUNING_ZONE}/{IMAGES_PREFIX} with server-side copies; "
-    "unchanged images are skipped by ETag and unpaired ones removed.",
+    "unchanged images (the source's ETag and size as recorded at copy time) are skipped; unpaired ones are "
+    "removed once every paired image is in place.",
     metadata={"zone": FINE_TUNING_ZONE, "zone_prefix": IMAGES_PREFIX},
     kinds={"s3", "jpeg"},
     owners=OWNERS,
@@ -159,16 +193,17 @@ def augmented_training_pairs(
     lake: LakeResource,
     settings: ExperimentSettings,
     train_pairs_positive: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+):
     import os
 
+    store = lake.get_lake()
     cfg = load_augmentation_config(settings.augmentation_config_path())
     pairs = augment_training_pairs(
-        lake.get_lake(), train_pairs_positive, cfg, workers=os.cpu_count() or 1,
+        store, train_pairs_positive, cfg, workers=os.cpu_count() or 1,
         progress=_progress(context, "images augmented"),
     )
     labels = pairs["label"].value_counts().to_dict()
-    return dg.Output(
+    yield dg.Output(
         pairs,
         metadata={
             **counts(pairs),
@@ -178,3 +213,7 @@ def augmented_training_pairs(
             "preview": preview(pairs, 8),
         },
     )
+    # The I/O manager stored the new CSV when the output was yielded; only now are the images
+    # that the previous CSV named, and the new one does not, removed.
+    removed = remove_stale_augmented_images(store, set(pairs["image_key"]))
+    context.log.info(f"removed {removed} augmented images no longer named by the pairs")
