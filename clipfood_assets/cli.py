@@ -45,11 +45,12 @@ def dagster_home() -> Path:
 # --- synth -------------------------------------------------------------------------------------
 
 
-def write_synthetic_zone(lake, n_recipes: int, seed: int, progress=None) -> dict:
+def write_synthetic_zone(lake, n_recipes: int, seed: int, progress=None, zone_format: str = "adsdb") -> dict:
+    """Write a synthetic trusted zone; ``zone_format`` "adsdb" (the real zone's shape) or "simple"."""
     from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_ZONE
     from clipfood_assets.synthetic import synthetic_trusted_zone
 
-    recipes_jsonl, images = synthetic_trusted_zone(n_recipes, seed)
+    recipes_jsonl, images = synthetic_trusted_zone(n_recipes, seed, zone_format=zone_format)
     n_images = 0
     for key, data in images:
         lake.put_bytes(TRUSTED_ZONE, key, data, "image/jpeg")
@@ -67,7 +68,8 @@ def cmd_synth(args) -> None:
     if args.recipes < 2:
         raise CliError("--recipes must be at least 2 (the split needs a train and a test recipe)")
     lake = lake_from_env()
-    summary = write_synthetic_zone(lake, args.recipes, args.seed, lambda n: log.info("wrote %d images", n))
+    summary = write_synthetic_zone(lake, args.recipes, args.seed, lambda n: log.info("wrote %d images", n),
+                                   zone_format=args.format)
     print(f"synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images -> {summary['uri']}")
 
 
@@ -247,7 +249,7 @@ def cmd_demo(args) -> None:
 
     start = time.perf_counter()
     lake = lake_from_env()
-    summary = write_synthetic_zone(lake, args.recipes, args.seed)
+    summary = write_synthetic_zone(lake, args.recipes, args.seed, zone_format="adsdb")
     print(f"[1/3] synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images")
     base = Path(args.base_model_dir).resolve()
     if not (base / "config.json").exists():
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic trusted zone into the configured lake")
     p.add_argument("--recipes", type=int, default=300)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--format", choices=("adsdb", "simple"), default="adsdb",
+                   help="adsdb: the real trusted zone's shape (image$<project>$<time>$<md5>__<id>_<n>.jpg from 0, "
+                        "raw/clean text fields); simple: <slug>__<id>_<n>.jpg from 1")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("base-model", help="build the small offline CLIP and make it the platform's base model; "

@@ -1,8 +1,10 @@
 """Synthetic trusted zone: recipes plus food photos whose content follows the title.
 
 No real recipe data or model hub is reachable here, so the demo and the tests run on a
-generated trusted zone that has the same layout as the real one
-(``documents/recipes.jsonl`` + ``images/<slug>__<recipeId>_<position>.jpg``).
+generated trusted zone. ``zone_format="adsdb"`` writes exactly the real (ADSDB) trusted zone's
+shape: ``images/image$<project>$<timestamp>$<md5>__<recipeId>_<n>.jpg`` from position 0 and
+recipes.jsonl rows with raw/clean text fields and the upstream ``*__from_layer1`` fields;
+``"simple"`` the original ``images/<slug>__<recipeId>_<position>.jpg`` layout.
 
 The pictures are drawn so that the title/image relation is *compositional* and therefore
 learnable across recipes: the dish decides the vessel and layout (bowl of soup, round pizza
@@ -24,6 +26,8 @@ import json
 import math
 import random
 import re
+import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +39,10 @@ __all__ = [
     "INGREDIENTS",
     "DESCRIPTORS",
     "DishComponents",
+    "ZONE_FORMATS",
+    "adsdb_clean",
+    "adsdb_image_key",
+    "adsdb_recipes",
     "caption_corpus",
     "clean_title",
     "dish_components",
@@ -841,13 +849,136 @@ def _trusted_images(recipes: list[dict], seed: int) -> Iterator[tuple[str, bytes
             yield image_key(recipe, position), render_dish_image(recipe, position, seed)
 
 
-def synthetic_trusted_zone(n_recipes: int, seed: int) -> tuple[bytes, Iterator[tuple[str, bytes]]]:
+# --------------------------------------------------------------------------- the ADSDB zone format
+
+ZONE_FORMATS = ("adsdb", "simple")
+ADSDB_PROJECT = "adsdb"
+# Photos per recipe in the ADSDB zone: 1 to 9, most recipes with few.
+_ADSDB_PHOTO_COUNTS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+_ADSDB_PHOTO_WEIGHTS = (30, 25, 18, 10, 6, 4, 3, 2, 2)
+# Decorations real raw titles carry: punctuation, asides, accents (the clean title folds them away).
+_ADSDB_ASIDES = (" (Easy!)", " (Make-Ahead)", " - Quick & Easy", "!", " (Vegetarian)")
+_ADSDB_ACCENTED = ("Sautéed ", "Crème ", "Jalapeño ", "Flambéed ", "Purée of ")
+_ADSDB_TIME_ORIGIN = 1_759_305_600  # 2025-10-01T08:00:00Z: when the synthetic ingestion "ran"
+# English stop words dropped from the *_clean fields (a short list, as ADSDB's cleaning uses).
+ADSDB_STOP_WORDS = frozenset(
+    "a an and are as at be but by for from in into is it its of on or the to with without "
+    "your you our them other then this that over all each easy quick best recipe ii".split()
+)
+
+
+def adsdb_clean(text: str) -> str:
+    """ADSDB's ``*_text_clean``: lower-case, accents folded, asides and punctuation removed, stop words dropped.
+
+    "Chicken Pot Pie (Easy!)" -> "chicken pot pie"; "Sautéed Jalapeño Soup" -> "sauteed jalapeno soup".
+    """
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    folded = re.sub(r"\([^)]*\)", " ", folded).lower().replace("'", "")
+    return " ".join(w for w in re.findall(r"[a-z0-9]+", folded) if w not in ADSDB_STOP_WORDS)
+
+
+def adsdb_image_key(project: str, taken: float, image: bytes, recipe_id: str, position: int) -> str:
+    """``images/image$<project>$<YYYY-MM-DDTHH-MM-SSZ>$<md5 of the photo>__<recipeId>_<n>.jpg``."""
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime(taken))
+    return f"images/image${project}${stamp}${hashlib.md5(image).hexdigest()}__{recipe_id}_{position}.jpg"
+
+
+def _adsdb_ids(recipes: list[dict], rng: random.Random) -> list[str]:
+    """The recipes' hex ids, with at least one all-digit id ("0004073370") and one that reads as a
+    number in exponent form ("0001e52345") when there are three or more: about 1 % of real ids."""
+    ids = [r["id"] for r in recipes]
+    taken = set(ids)
+
+    def fresh(make) -> str:
+        while (candidate := make()) in taken:
+            pass
+        taken.add(candidate)
+        return candidate
+
+    if len(ids) >= 3 and not any(i.isdigit() for i in ids):
+        ids[1] = fresh(lambda: f"000{rng.randrange(10**7):07d}")
+    if len(ids) >= 3 and not any(re.fullmatch(r"\d+e\d+", i) for i in ids):
+        ids[2] = fresh(lambda: f"000{rng.randrange(10)}e{rng.randrange(10**5):05d}")
+    return ids
+
+
+def _nutrition(rng: random.Random) -> dict:
+    per100g = {"energy": round(rng.uniform(40, 450), 2), "fat": round(rng.uniform(0, 30), 2),
+               "protein": round(rng.uniform(0, 25), 2), "salt": round(rng.uniform(0, 2), 2),
+               "saturates": round(rng.uniform(0, 12), 2), "sugars": round(rng.uniform(0, 40), 2)}
+    weight = rng.uniform(300, 1800)
+    return {"nutr_values_per100g": per100g,
+            "nutrition_totals": {k: round(v * weight / 100, 2) for k, v in per100g.items()} | {"weight_g": round(weight, 1)}}
+
+
+def adsdb_recipes(n_recipes: int, seed: int) -> list[dict]:
+    """Recipe rows in the ADSDB trusted zone's shape, each with the photos it has (``_photos``, not written).
+
+    Fields: id, title_text_raw, title_text_clean, ingredients_text_raw/clean, instructions_text_raw/clean,
+    has_nutrition_data, title__from_layer1, ingredients__from_layer1, instructions__from_layer1 (lists of
+    {"text": ...}) and, with nutrition data, nutr_values_per100g and nutrition_totals.
+    """
+    recipes = generate_recipes(n_recipes, seed)
+    rng = random.Random(_stable_seed("adsdb", seed))
+    rows = []
+    for recipe, recipe_id in zip(recipes, _adsdb_ids(recipes, rng), strict=True):
+        title = recipe["title_text_raw"]
+        roll = rng.random()
+        if roll < 0.08:
+            title = rng.choice(_ADSDB_ACCENTED) + title
+        elif roll < 0.2:
+            title += rng.choice(_ADSDB_ASIDES)
+        ingredients, instructions = recipe["ingredients"], recipe["instructions"]
+        has_nutrition = rng.random() < 0.6
+        row = {
+            "id": recipe_id,
+            "title_text_raw": title,
+            "title_text_clean": adsdb_clean(title),
+            "ingredients_text_raw": "; ".join(ingredients),
+            "ingredients_text_clean": adsdb_clean(" ".join(ingredients)),
+            "instructions_text_raw": " ".join(instructions),
+            "instructions_text_clean": adsdb_clean(" ".join(instructions)),
+            "has_nutrition_data": has_nutrition,
+            "title__from_layer1": [{"text": title}],
+            "ingredients__from_layer1": [{"text": i} for i in ingredients],
+            "instructions__from_layer1": [{"text": i} for i in instructions],
+        }
+        if has_nutrition:
+            row.update(_nutrition(rng))
+        row["_photos"] = rng.choices(_ADSDB_PHOTO_COUNTS, _ADSDB_PHOTO_WEIGHTS)[0]
+        row["_taken"] = _ADSDB_TIME_ORIGIN + rng.randrange(86_400 * 30)
+        rows.append(row)
+    return rows
+
+
+def _adsdb_images(rows: list[dict], seed: int, project: str) -> Iterator[tuple[str, bytes]]:
+    for row in rows:
+        for position in range(row["_photos"]):  # ADSDB numbers photos from 0
+            data = render_dish_image(row, position, seed)
+            yield adsdb_image_key(project, row["_taken"] + position, data, row["id"], position), data
+
+
+def synthetic_trusted_zone(
+    n_recipes: int, seed: int, zone_format: str = "simple", project: str = ADSDB_PROJECT
+) -> tuple[bytes, Iterator[tuple[str, bytes]]]:
     """A whole synthetic trusted zone.
 
     Returns the ``documents/recipes.jsonl`` bytes (one JSON object per line, UTF-8) and a
-    lazy iterator of ``(key, jpeg_bytes)`` with keys ``images/<slug>__<id>_<position>.jpg``,
-    positions 1..n_images.
+    lazy iterator of ``(key, jpeg_bytes)`` (512x512 RGB JPEG, quality 90).
+
+    ``zone_format="simple"``: keys ``images/<slug>__<id>_<position>.jpg``, positions 1..n_images
+    (1-4), rows as :func:`generate_recipes`. ``"adsdb"``: the real trusted zone's shape, see
+    :func:`adsdb_recipes` and :func:`adsdb_image_key` (positions from 0, 1-9 photos).
     """
-    recipes = generate_recipes(n_recipes, seed)
-    lines = (json.dumps(recipe, ensure_ascii=False) + "\n" for recipe in recipes)
-    return "".join(lines).encode("utf-8"), _trusted_images(recipes, seed)
+    if zone_format not in ZONE_FORMATS:
+        raise ValueError(f"zone_format must be one of {ZONE_FORMATS}, got {zone_format!r}")
+    if zone_format == "simple":
+        recipes = generate_recipes(n_recipes, seed)
+        lines = (json.dumps(recipe, ensure_ascii=False) + "\n" for recipe in recipes)
+        return "".join(lines).encode("utf-8"), _trusted_images(recipes, seed)
+    if "$" in project or "/" in project or "__" in project or not project:
+        raise ValueError(f"project {project!r} cannot appear in an ADSDB image key")
+    rows = adsdb_recipes(n_recipes, seed)
+    lines = (json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
+             for row in rows)
+    return "".join(lines).encode("utf-8"), _adsdb_images(rows, seed, project)

@@ -13,6 +13,8 @@ from PIL import Image
 from clipfood_assets.synthetic import (
     DISHES,
     INGREDIENTS,
+    adsdb_clean,
+    adsdb_recipes,
     caption_corpus,
     clean_title,
     dish_components,
@@ -210,3 +212,135 @@ def test_caption_corpus_is_deterministic_and_not_the_demo_titles():
     vocabulary = " ".join(corpus).lower()
     assert all(d.name.lower() in vocabulary for d in DISHES)
     assert all(i.name.lower() in vocabulary for i in INGREDIENTS)
+
+
+# --------------------------------------------------------------------------- the ADSDB format
+
+ADSDB_KEY = re.compile(
+    r"^images/image\$(?P<project>[a-z0-9-]+)\$(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z)\$(?P<md5>[0-9a-f]{32})"
+    r"__(?P<id>[0-9a-f]{10})_(?P<position>\d)\.jpg$"
+)
+ADSDB_FIELDS = {
+    "id", "title_text_raw", "title_text_clean", "ingredients_text_raw", "ingredients_text_clean",
+    "instructions_text_raw", "instructions_text_clean", "has_nutrition_data",
+    "title__from_layer1", "ingredients__from_layer1", "instructions__from_layer1",
+}
+
+
+@pytest.fixture(scope="module")
+def adsdb_zone() -> tuple[list[dict], dict[str, bytes]]:
+    jsonl, images = synthetic_trusted_zone(14, seed=7, zone_format="adsdb")
+    return [json.loads(line) for line in jsonl.decode("utf-8").splitlines()], dict(images)
+
+
+def test_adsdb_keys_have_exactly_the_real_shape(adsdb_zone):
+    import hashlib
+
+    rows, images = adsdb_zone
+    positions: dict[str, list[int]] = {}
+    for key, data in images.items():
+        match = ADSDB_KEY.match(key)
+        assert match, key
+        assert match["project"] == "adsdb"
+        assert match["md5"] == hashlib.md5(data).hexdigest()
+        positions.setdefault(match["id"], []).append(int(match["position"]))
+    assert set(positions) == {r["id"] for r in rows}
+    for found in positions.values():
+        assert sorted(found) == list(range(len(found))) and 1 <= len(found) <= 9  # from 0, 1-9 photos
+
+
+def test_adsdb_photos_are_512_rgb_jpegs_at_quality_90(adsdb_zone):
+    _, images = adsdb_zone
+    reference = Image.new("RGB", (512, 512))
+    buffer = io.BytesIO()
+    reference.save(buffer, "JPEG", quality=90)
+    q90 = Image.open(io.BytesIO(buffer.getvalue())).quantization
+    for data in list(images.values())[:4]:
+        with Image.open(io.BytesIO(data)) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (512, 512))
+            assert image.quantization == q90
+
+
+def test_adsdb_rows_carry_every_field_of_the_real_zone(adsdb_zone):
+    rows, _ = adsdb_zone
+    for row in rows:
+        assert ADSDB_FIELDS <= set(row), ADSDB_FIELDS - set(row)
+        assert not any(k.startswith("_") for k in row)  # generator bookkeeping never leaks
+        assert re.fullmatch(r"[0-9a-f]{10}", row["id"])
+        assert row["title_text_clean"] == adsdb_clean(row["title_text_raw"])
+        assert row["ingredients_text_raw"] and row["instructions_text_raw"]
+        assert isinstance(row["has_nutrition_data"], bool)
+        assert ("nutr_values_per100g" in row) == row["has_nutrition_data"] == ("nutrition_totals" in row)
+        for field in ("title__from_layer1", "ingredients__from_layer1", "instructions__from_layer1"):
+            assert row[field] and all(set(item) == {"text"} and isinstance(item["text"], str) for item in row[field])
+    ids = [r["id"] for r in rows]
+    assert any(i.isdigit() for i in ids)  # like 0004073370
+    assert any(re.fullmatch(r"\d+e\d+", i) for i in ids)  # like 0001e52345: a number to a type guesser
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("Chicken Pot Pie (Easy!)", "chicken pot pie"),
+        ("Sautéed Jalapeño Soup", "sauteed jalapeno soup"),
+        ("Crème Brûlée with the Berries", "creme brulee berries"),
+        ("Grandma's Pie - Quick & Easy", "grandmas pie"),
+        ("   ", ""),
+    ],
+)
+def test_adsdb_clean_text(raw, clean):
+    assert adsdb_clean(raw) == clean
+
+
+def test_adsdb_zone_at_scale_has_the_real_proportions():
+    rows = adsdb_recipes(2000, seed=3)
+    counts = [r["_photos"] for r in rows]
+    assert set(counts) == set(range(1, 10))
+    ids = [r["id"] for r in rows]
+    assert len(set(ids)) == len(ids)
+    assert 0.003 < sum(i.isdigit() for i in ids) / len(ids) < 0.03  # about 1 %
+    assert len({r["title_text_raw"] for r in rows}) > 0.9 * len(rows)
+
+
+def test_adsdb_zone_is_deterministic_and_the_simple_format_unchanged(adsdb_zone):
+    rows, images = adsdb_zone
+    jsonl, again = synthetic_trusted_zone(14, seed=7, zone_format="adsdb")
+    assert [json.loads(line) for line in jsonl.decode("utf-8").splitlines()] == rows
+    assert dict(again) == images
+    simple, _ = synthetic_trusted_zone(14, seed=7)
+    assert simple == synthetic_trusted_zone(14, seed=7, zone_format="simple")[0]
+    with pytest.raises(ValueError, match="zone_format"):
+        synthetic_trusted_zone(3, seed=1, zone_format="csv")
+    for project in ("a$b", "a/b", "a__b", ""):
+        with pytest.raises(ValueError, match="ADSDB image key"):
+            synthetic_trusted_zone(3, seed=1, zone_format="adsdb", project=project)
+
+
+def test_the_data_zone_pairs_every_adsdb_photo(adsdb_zone):
+    from clipfood_assets.data.pairs import build_positive_pairs
+    from clipfood_assets.data.trusted import parse_image_keys, parse_recipes, validate_image
+
+    rows, images = adsdb_zone
+    recipes, recipe_quarantine = parse_recipes(json.dumps(r).encode() for r in rows)
+    keys, key_quarantine = parse_image_keys(sorted(images))
+    assert recipe_quarantine == [] and key_quarantine == []
+    assert all(validate_image(k, images[k]) is None for k in list(images)[:5])
+    pairs, pair_quarantine = build_positive_pairs(recipes, keys)
+    assert pair_quarantine == [] and len(pairs) == len(images)
+    by_id = {r["id"]: r["title_text_raw"] for r in rows}
+    assert all(by_id[r] == c for r, c in zip(pairs["recipe_id"], pairs["caption"]))
+    assert keys["position"].min() == 0
+
+
+def test_clipfood_synth_writes_the_adsdb_format_by_default(tmp_path, monkeypatch):
+    from clipfood_assets.cli import main
+    from clipfood_assets.lake import LocalLake
+
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    monkeypatch.setenv("CLIPFOOD_LAKE_DIR", str(tmp_path / "lake"))
+    assert main(["synth", "--recipes", "3", "--seed", "5"]) == 0
+    keys = [o.key for o in LocalLake(tmp_path / "lake").list("trusted-zone", "images/")]
+    assert keys and all(ADSDB_KEY.match(k) for k in keys)
+    assert main(["synth", "--recipes", "3", "--seed", "5", "--format", "simple"]) == 0
+    simple = [o.key for o in LocalLake(tmp_path / "lake").list("trusted-zone", "images/") if o.key not in keys]
+    assert simple and all(KEY.match(k) for k in simple)

@@ -313,3 +313,21 @@ def test_folder_markers_are_skipped_and_counted_not_quarantined(zone, tmp_path):
         assert quarantine[["source", "reason"]].values.tolist() == [["images/odd/", "bad_extension"]]
     assert _paired_ids(zone) == sorted(ids)
 
+
+
+# --- the ADSDB zone format --------------------------------------------------------------------------
+
+
+def test_the_data_zone_runs_on_an_adsdb_zone(zone):
+    from clipfood_assets.cli import write_synthetic_zone
+
+    summary = write_synthetic_zone(zone.lake, 10, seed=4, zone_format="adsdb")
+    result = zone.run()
+    assert len(zone.table(QUARANTINE_KEY)) == 0
+    pairs = [*zone.table(TRAIN_PAIRS_KEY)["image_key"], *zone.table(TEST_PAIRS_KEY)["image_key"]]
+    assert len(pairs) == summary["images"] and all(k.startswith("images/image$adsdb$") for k in pairs)
+    ids = _paired_ids(zone)
+    assert any(i.isdigit() for i in ids) and any("e" in i and i.replace("e", "").isdigit() for i in ids)
+    assert {o.key for o in zone.lake.list(FINE_TUNING_ZONE, "images/")} == set(pairs)
+    assert any(k.startswith("augmented_images/image$adsdb$") for k in zone.table(AUGMENTED_PAIRS_KEY)["image_key"])
+    assert result.asset_materializations_for_node("fine_tuning_images")[0].metadata["copied"].value == len(pairs)
