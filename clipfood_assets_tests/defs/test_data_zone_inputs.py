@@ -331,3 +331,22 @@ def test_the_data_zone_runs_on_an_adsdb_zone(zone):
     assert {o.key for o in zone.lake.list(FINE_TUNING_ZONE, "images/")} == set(pairs)
     assert any(k.startswith("augmented_images/image$adsdb$") for k in zone.table(AUGMENTED_PAIRS_KEY)["image_key"])
     assert result.asset_materializations_for_node("fine_tuning_images")[0].metadata["copied"].value == len(pairs)
+
+
+# --- the CLI's --force reaches the guard ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_materialize_force_accepts_through_the_refresh_jobs_config(force, tmp_path, monkeypatch):
+    import clipfood_assets.cli as cli
+
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    calls = []
+    monkeypatch.setattr(cli, "_run_job", lambda defs, instance, name, ops=None, **kw: calls.append((defs, name, ops)))
+    cli.materialize(base_model="not-used", instance=dg.DagsterInstance.ephemeral(), lake_dir=str(tmp_path / "lake"),
+                    force=force)
+    defs, name, ops = calls[0]
+    assert name == "refresh_from_trusted_zone"
+    assert ops == (accept_degenerate_refresh_config() if force else None)
+    if force:  # the run config is one the real refresh job accepts
+        assert dg.validate_run_config(defs.resolve_job_def(name), {"ops": ops})

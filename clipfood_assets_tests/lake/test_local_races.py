@@ -66,3 +66,14 @@ def test_folder_marker_keys_cannot_be_files(tmp_path):
         with pytest.raises(UnsafeKey, match="ending in '/'"):
             lake.put_bytes("zone-a", key, b"")
     assert list(lake.list("zone-a")) == []
+
+
+def test_parallel_deletes_of_the_same_keys_succeed_on_every_backend(lake, bucket):
+    keys = [f"images/f{i % 3}/x{i}.jpg" for i in range(30)]
+    for key in keys:
+        lake.put_bytes(bucket, key, b"x")
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(lake.delete, bucket, key) for key in keys * 3]:
+            future.result()
+    assert list(lake.list(bucket)) == []
+    lake.delete(bucket, keys[0])  # gone already: still success
