@@ -22,6 +22,17 @@ def counts(df: pd.DataFrame) -> dict[str, Any]:
     return meta
 
 
+def rounded(value: Any, digits: int = 3) -> Any:
+    """`value` (JSON-like) with every float rounded, for metadata a person reads."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def metric_values(results: dict, suffix: str = "") -> dict[str, float]:
     """Flatten {"metrics": {direction: {metric: value}}} into plottable floats rounded to 3 decimals,
     one number per entry (so the UI plots it over materializations), e.g. `t2i R@1`."""

@@ -43,7 +43,8 @@ def run_prefix(run_key: str) -> str:
 
 
 def run_config_key(run_key: str) -> str:
-    return run_prefix(run_key) + "config.yaml"
+    """The keys a user set for a run (registered); the resolved config is the run's config.yaml."""
+    return run_prefix(run_key) + "run_config.yaml"
 
 
 def run_checkpoints_prefix(run_key: str) -> str:

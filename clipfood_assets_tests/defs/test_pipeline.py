@@ -16,7 +16,7 @@ SEED_FILES = {
     "experiments/baseline/results_baseline.json",
     "experiments/baseline/examples_top5.json",
 }
-RUN_FILES = {"config.yaml", "training_logs.json", "results_lora.json", "examples_top5.json",
+RUN_FILES = {"config.yaml", "run_config.yaml", "training_logs.json", "results_lora.json", "examples_top5.json",
              "adapters/adapter_config.json", "adapters/adapter_model.safetensors"}
 
 

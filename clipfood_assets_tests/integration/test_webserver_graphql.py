@@ -2,43 +2,22 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-import requests
 
 from clipfood_assets.cli import write_synthetic_zone
 from clipfood_assets.paths import PROJECT_ROOT
-
-LOCATION = "clipfood_assets"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Dagster:
-    def __init__(self, url: str):
-        self.url = url
-
-    def query(self, query: str, variables: dict | None = None) -> dict:
-        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
-        response.raise_for_status()
-        body = response.json()
-        assert "errors" not in body, body
-        return body["data"]
+from clipfood_assets_tests.integration.dagster_client import LOCATION, Dagster, free_port
 
 
 @pytest.fixture
 def dagster_dev(s3_server, s3_lake, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), **s3_server.env())
     env.pop("CLIPFOOD_LAKE_DIR", None)
     log = open(tmp_path / "dagster.log", "wb")
@@ -50,23 +29,7 @@ def dagster_dev(s3_server, s3_lake, tmp_path):
     )
     client = Dagster(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "dagster.log").read_text()[-3000:])
-            try:
-                data = client.query("{ workspaceOrError { ... on Workspace { locationEntries { name "
-                                    "locationOrLoadError { __typename } } } } }")
-                entries = data["workspaceOrError"]["locationEntries"]
-                if entries and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation":
-                    break
-                if entries and entries[0]["locationOrLoadError"]["__typename"] == "PythonError":
-                    raise RuntimeError(f"code location failed to load: {data}")
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("dagster dev did not come up")
-            time.sleep(1)
+        client.wait_until_loaded(proc, tmp_path / "dagster.log")
         yield client
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from clipfood_assets.defs.io_manager import zone_artifact
-from clipfood_assets.defs.meta import OWNERS
+from clipfood_assets.defs.meta import OWNERS, rounded
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.lake.artifacts import Bundle, IncompleteArtifact, StoredBundle, read_bundle
@@ -64,6 +64,6 @@ def comparison_report(
         "runs supporting H1": int(summary.get("n_supported", 0)),
         "best run": str(summary.get("best_run") or "none"),
         "report": dg.MetadataValue.md(report.markdown_with_inline_figures()),
-        "summary": dg.MetadataValue.json(summary),
+        "summary": dg.MetadataValue.json(rounded(summary)),
     }
     return dg.Output(Bundle(dict(report.files)), metadata=metadata)
