@@ -148,11 +148,18 @@ def failure_reason(error) -> str:
     while error is not None:
         chain.append(error)
         error = error.cause
-    own = [e for e in chain if not e.cls_name or not e.cls_name.startswith("Dagster")] or chain
-    reason = own[0].message.strip()
+    # Dagster's wrappers: the step error, and the retry policy's "Exceeded max_retries".
+    own = [e for e in chain if not (e.cls_name or "").startswith(("Dagster", "RetryRequested"))] or chain
+    reason = _message(own[0])
     if len(own) > 1:
-        reason += f" (cause: {own[-1].message.strip().splitlines()[0][:300]})"
+        reason += f" (cause: {_message(own[-1]).splitlines()[0][:300]})"
     return reason
+
+
+def _message(error) -> str:
+    """The error's message without the 'ClassName: ' that Dagster puts in front."""
+    text = error.message.strip()
+    return text.removeprefix(f"{error.cls_name}: ") if error.cls_name else text
 
 
 def _run_job(defs, instance, name: str, ops: dict | None = None, **kwargs) -> None:

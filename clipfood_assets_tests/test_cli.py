@@ -60,3 +60,48 @@ def test_missing_trusted_zone_is_a_clear_error(capsys, tmp_path):
 def test_search_needs_a_query(capsys):
     assert "give a text query" in _error(capsys, ["search", "--run", "demo"])
     assert "no such image" in _error(capsys, ["search", "--run", "demo", "--image", "/nonexistent.jpg"])
+
+
+def test_base_model_use_records_it_for_every_process_and_show_says_where(capsys, tmp_path, monkeypatch):
+    from clipfood_assets.defs.definitions import build_definitions
+
+    monkeypatch.setenv("CLIPFOOD_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("CLIPFOOD_BASE_MODEL", raising=False)
+    assert main(["base-model", "--show"]) == 0
+    assert "openai/clip-vit-base-patch32 (from model.name in the experiment config)" in capsys.readouterr().out
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert main(["base-model", "--use", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["base-model", "--show"]) == 0
+    assert f"{model} (from {tmp_path / 'state' / 'deployment.yaml'})" in capsys.readouterr().out
+    # What a newly started `dagster dev` (or run worker) builds shows the same model in the UI.
+    settings = build_definitions().resources["settings"]
+    assert settings.base_model == str(model)
+    monkeypatch.setenv("CLIPFOOD_BASE_MODEL", "org/other")
+    assert build_definitions().resources["settings"].base_model == "org/other"
+
+
+def test_base_model_use_refuses_a_folder_that_is_no_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPFOOD_HOME", str(tmp_path / "state"))
+    (tmp_path / "empty").mkdir()
+    assert "config.json missing" in _error(capsys, ["base-model", "--use", str(tmp_path / "empty")])
+    assert not (tmp_path / "state" / "deployment.yaml").exists()
+
+
+def test_an_unreachable_hub_model_fails_with_the_products_message_first(capsys, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from clipfood_assets.cli import write_synthetic_zone
+    from clipfood_assets.lake import LocalLake
+
+    monkeypatch.setenv("CLIPFOOD_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("CLIPFOOD_BASE_MODEL", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    write_synthetic_zone(LocalLake(tmp_path / "lake"), n_recipes=6, seed=1)
+    err = _error(capsys, ["materialize"])
+    # Which model, why, and how to set it come first; the library's own error only as the cause.
+    assert "failed in baseline_results: Could not load CLIP model 'openai/clip-vit-base-patch32'" in err
+    assert err.index("clipfood base-model --use") < err.index("(cause:")

@@ -13,9 +13,9 @@ logger = logging.getLogger(__name__)
 
 _OFFLINE_HELP = (
     "Could not load CLIP model {name!r}: the model hub is unreachable and no local copy exists "
-    "({error}). To work offline build a local base model with `clipfood base-model --out DIR` "
-    "and set `model.name` in the experiment config (or the CLIPFOOD_BASE_MODEL environment "
-    "variable) to DIR."
+    "({error}). Set the platform's base model: `clipfood base-model` builds the small offline one "
+    "and records it, `clipfood base-model --use DIR_OR_HUB_ID` records another (CLIPFOOD_BASE_MODEL "
+    "overrides both); `clipfood base-model --show` says which one is in use."
 )
 
 

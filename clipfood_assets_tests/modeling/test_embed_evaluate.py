@@ -127,7 +127,7 @@ def test_load_clip_offline_hub_id_explains_local_model(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="clipfood base-model --out DIR"):
+    with pytest.raises(RuntimeError, match=r"Could not load CLIP model .*clipfood base-model --use"):
         load_clip("openai/clip-vit-base-patch32")
 
 
