@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
+BEST_FILE = "best.safetensors"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -119,8 +120,12 @@ def save_checkpoint(
     state: Mapping[str, Any],
     scaler: torch.amp.GradScaler | None = None,
     keep: int | None = None,
+    best: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``<root>/step_<step>/`` (``COMPLETE`` last) and prune to the ``keep`` most recent."""
+    """Write ``<root>/step_<step>/`` (``COMPLETE`` last) and prune to the ``keep`` most recent.
+
+    ``best``: the trainable tensors of the best validation so far (``best.safetensors``), so a
+    resumed run still ends with them."""
     root = Path(root)
     directory = root / f"step_{step}"
     if directory.exists():
@@ -133,6 +138,8 @@ def save_checkpoint(
     save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
     rng_tensors, rng_meta = _rng_tensors_and_meta()
     save_file(rng_tensors, str(directory / "rng.safetensors"))
+    if best:
+        save_file({name: t.detach().cpu().contiguous() for name, t in best.items()}, str(directory / BEST_FILE))
     document = {
         "step": int(step),
         "state": _json_safe(dict(state)),
@@ -146,6 +153,12 @@ def save_checkpoint(
     if keep is not None:
         prune_checkpoints(root, keep)
     return directory
+
+
+def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The best-validation tensors saved with a checkpoint (empty when there were none)."""
+    path = Path(directory) / BEST_FILE
+    return load_file(str(path)) if path.is_file() else {}
 
 
 def checkpoint_steps(root: Path, *, complete_only: bool = True) -> list[tuple[int, Path]]:

@@ -67,6 +67,13 @@ class TrainingSettings(_Section):
         False, description="Recompute encoder activations in the backward pass (non-reentrant): "
                            "less memory, ~30% more compute, same gradients"
     )
+    eval_every_epochs: int = Field(1, ge=1, description="Validation (recipe-level R@1/R@5/MRR) every N epochs")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without a better text→image R@1; null: off"
+    )
+    final_adapters: Literal["best", "last"] = Field(
+        "best", description="best: the adapters of the best validation epoch; last: those of the last epoch"
+    )
 
     @property
     def effective_batch_size(self) -> int:
@@ -94,10 +101,24 @@ class EvaluationSettings(_Section):
         return sorted(set(value))
 
 
+PeftMethod = Literal["lora", "dora", "loha", "lokr", "ia3"]
+
+
+class PeftSettings(_Section):
+    method: PeftMethod = Field(
+        "lora", description="peft method: lora | dora (weight-decomposed LoRA) | loha | lokr | ia3; ranks, alpha "
+                            "and target modules come from the lora section"
+    )
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA, the frozen base in NF4 with bitsandbytes (CUDA only)"
+    )
+
+
 class ExperimentConfig(_Section):
     seed: int = Field(42, ge=0, lt=2**32)
     method: Literal["lora", "baseline"] = "lora"
     model: ModelConfig = Field(default_factory=ModelConfig)
+    peft: PeftSettings = Field(default_factory=PeftSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)

@@ -14,6 +14,7 @@ paired bootstrap.  Ranking is one matrix product and one vectorized pass (metric
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,51 @@ def _examples(
     return examples
 
 
+@dataclass
+class _Ranked:
+    ranks: dict[str, np.ndarray]
+    t2i_similarity: np.ndarray
+    i2t_similarity: np.ndarray
+    image_stats: object
+    text_stats: object
+
+
+def _rank(model, processor, sets: RetrievalSets, load_image, *, cfg: ExperimentConfig, device, workers=None) -> _Ranked:
+    """Embed both sides once and rank: first-hit ranks of every query, both directions."""
+    evaluation = cfg.evaluation
+    configure_cpu_threads(device)
+    image_emb, image_stats = embed_images(
+        model, processor, sets.image_keys.tolist(), load_image, batch_size=evaluation.batch_size,
+        device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
+        fast_jpeg_decode=evaluation.fast_jpeg_decode,
+    )
+    texts = sets.unique_texts
+    text_emb, text_stats = embed_texts(
+        model, processor, texts, batch_size=evaluation.batch_size, device=device, precision=evaluation.precision,
+    )
+    row_of_text = {text: i for i, text in enumerate(texts)}
+    caption_emb = text_emb[[row_of_text[t] for t in sets.caption_texts]]
+
+    caption_vs_image = caption_emb @ image_emb.T  # [captions, images]
+    t2i_similarity = caption_vs_image[sets.query_caption_index]
+    i2t_similarity = caption_vs_image.T
+    ranks = {
+        "text_to_image": first_hit_ranks(t2i_similarity, sets.query_recipes, sets.image_recipes),
+        "image_to_text": first_hit_ranks(i2t_similarity, sets.image_recipes, sets.caption_recipes),
+    }
+    return _Ranked(ranks, t2i_similarity, i2t_similarity, image_stats, text_stats)
+
+
+def validation_metrics(
+    model, processor, pairs: pd.DataFrame, load_image: Callable[[str], bytes], *, cfg: ExperimentConfig, device,
+) -> dict[str, dict[str, float]]:
+    """Recipe-level R@K / MRR / ranks both ways on ``pairs`` (same protocol as the test evaluation,
+    no bootstrap): ``{"text_to_image": {"R@1": …}, "image_to_text": {…}}``. For per-epoch validation."""
+    sets = RetrievalSets(pairs)
+    ranked = _rank(model, processor, sets, load_image, cfg=cfg, device=device)
+    return {d: summarize_ranks(ranked.ranks[d], cfg.evaluation.recall_at) for d in DIRECTIONS}
+
+
 def evaluate_retrieval(
     model,
     processor,
@@ -144,26 +190,9 @@ def evaluate_retrieval(
 
     evaluation = cfg.evaluation
     sets = RetrievalSets(test_pairs)
-    configure_cpu_threads(device)
-    image_emb, image_stats = embed_images(
-        model, processor, sets.image_keys.tolist(), load_image, batch_size=evaluation.batch_size,
-        device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
-        fast_jpeg_decode=evaluation.fast_jpeg_decode,
-    )
-    texts = sets.unique_texts
-    text_emb, text_stats = embed_texts(
-        model, processor, texts, batch_size=evaluation.batch_size, device=device, precision=evaluation.precision,
-    )
-    row_of_text = {text: i for i, text in enumerate(texts)}
-    caption_emb = text_emb[[row_of_text[t] for t in sets.caption_texts]]
-
-    caption_vs_image = caption_emb @ image_emb.T  # [captions, images]
-    t2i_similarity = caption_vs_image[sets.query_caption_index]
-    i2t_similarity = caption_vs_image.T
-    ranks = {
-        "text_to_image": first_hit_ranks(t2i_similarity, sets.query_recipes, sets.image_recipes),
-        "image_to_text": first_hit_ranks(i2t_similarity, sets.image_recipes, sets.caption_recipes),
-    }
+    ranked = _rank(model, processor, sets, load_image, cfg=cfg, device=device, workers=workers)
+    ranks, image_stats, text_stats = ranked.ranks, ranked.image_stats, ranked.text_stats
+    t2i_similarity, i2t_similarity = ranked.t2i_similarity, ranked.i2t_similarity
     queries = {"text_to_image": sets.query_recipes.tolist(), "image_to_text": sets.image_keys.tolist()}
 
     ks = evaluation.recall_at

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import yaml
 
-from clipfood_assets.modeling.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from clipfood_assets.modeling.checkpoint import latest_checkpoint, load_best_weights, load_checkpoint, save_checkpoint
 from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip, resolve_precision
 from clipfood_assets.modeling.config import ExperimentConfig
 from clipfood_assets.modeling.distributed import (
@@ -337,7 +337,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPairs) -> str:
+def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPairs,
+                     validation_pairs: pd.DataFrame | None = None) -> str:
     # Checkpointing knobs do not change the result; everything else does.
     training = cfg.training.model_copy(update={"checkpoint_every_steps": 1, "keep_checkpoints": 1, "num_workers": 0})
     stable = cfg.model_copy(update={"training": training})
@@ -348,6 +349,9 @@ def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPair
     digest = hashlib.sha256(text.encode("utf-8"))
     digest.update(str(base_model).encode("utf-8"))
     digest.update(pairs.fingerprint().encode("utf-8"))
+    if validation_pairs is not None and len(validation_pairs):
+        rows = validation_pairs[["recipe_id", "image_key", "caption"]].astype(str).sort_values(["image_key", "caption"])
+        digest.update(pd.util.hash_pandas_object(rows, index=False).values.tobytes())
     return digest.hexdigest()
 
 
@@ -383,6 +387,7 @@ def train_lora(
     log: Callable[[dict], None] | None = None,
     world: DistributedWorld | None = None,
     image_cache: ImageCacheOption = None,
+    validation_pairs: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_pairs`` and save them to ``work_dir/adapters``.
 
@@ -401,6 +406,12 @@ def train_lora(
 
     ``image_cache``: the persistent preprocessed-image cache (None: on unless
     ``CLIPFOOD_IMAGE_CACHE=0``; False: off; a path: that directory).
+
+    ``validation_pairs`` (``recipe_id, image_key, caption``, recipes disjoint from training):
+    recipe-level retrieval both ways every ``training.eval_every_epochs`` epochs, logged as
+    ``training_logs["validation"]``; with ``training.early_stopping_patience`` training stops
+    after that many validations without a better text→image R@1 (MRR breaks ties), and with
+    ``training.final_adapters: best`` the saved adapters are the best validation epoch's.
     """
     device = torch.device(device)
     work_dir = Path(work_dir)
@@ -414,7 +425,7 @@ def train_lora(
     precision = resolve_precision(device, training.precision)
     with_negatives = training.use_labelled_negatives and training.loss != "clip"
     pairs = prepare_training_pairs(train_pairs, use_labelled_negatives=with_negatives)
-    fingerprint = _run_fingerprint(base_model, cfg, pairs)
+    fingerprint = _run_fingerprint(base_model, cfg, pairs, validation_pairs)
     # Every process must train on the same data and config, or the recipe codes and shards disagree.
     assert_same_on_all_ranks(int(fingerprint[:15], 16), world, "the run fingerprint (config, base model, data)", device)
     recipe_codes = _recipe_code_table(pairs)
@@ -450,8 +461,10 @@ def train_lora(
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "pairs_seen": 0,
             "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_time_s": 0.0,
             "negatives_sum": 0.0, "fingerprint": fingerprint,
-            "logs": {"steps": [], "epochs": []}, "resumed_from_step": None,
+            "logs": {"steps": [], "epochs": [], "validation": []}, "resumed_from_step": None,
+            "best": None, "evals_since_best": 0, "stopped_early_at_epoch": None,
         }
+        best_weights: dict[str, torch.Tensor] = {}
         checkpoints = work_dir / "checkpoints"
         latest = latest_checkpoint(checkpoints)
         if latest is not None:
@@ -464,6 +477,7 @@ def train_lora(
                 )
             state = saved
             state["resumed_from_step"] = saved["step"]
+            best_weights.update(load_best_weights(latest))
         broadcast_parameters(trainable.values(), world)  # replicas start from rank 0's weights
         world.barrier()  # every process has read the checkpoint before rank 0 writes or prunes any
 
@@ -508,6 +522,19 @@ def train_lora(
                 mask_same_recipe=training.mask_same_recipe, kind=training.loss,
             )
 
+        validate = None
+        if validation_pairs is not None and len(validation_pairs):
+            from clipfood_assets.modeling.evaluate import validation_metrics
+
+            def validate() -> dict[str, dict[str, float]]:
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        return validation_metrics(model, processor, validation_pairs, load_image, cfg=cfg,
+                                                  device=device)
+                finally:
+                    model.train()
+
         accumulator = FeatureCacheAccumulator(encode, loss_fn)
         scale_loss = scaler.scale if scaler.is_enabled() else None
         reset_peak_memory(device)
@@ -519,11 +546,16 @@ def train_lora(
                 scale_loss=scale_loss, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 trainable=trainable, logit_scale=logit_scale, checkpoints=checkpoints, device=device,
                 on_checkpoint=on_checkpoint, log=log, sharding=sharding, min_pairs=min_pairs,
+                validate=validate, best_weights=best_weights,
             )
         finally:
             images.close()
 
         model.eval()
+        if training.final_adapters == "best" and best_weights:
+            with torch.no_grad():
+                for name, parameter in trainable.items():
+                    parameter.copy_(best_weights[name].to(parameter.device))
         adapter_dir = work_dir / "adapters"
         if world.is_main:
             save_adapters(model, adapter_dir, logit_scale)
@@ -546,6 +578,10 @@ def train_lora(
         "resumed_from_step": state["resumed_from_step"],
         "labelled_negative_images": len(pairs.negatives_by_image),
         "positive_pairs": len(pairs),
+        "validation": state["logs"].get("validation", []),
+        "best_validation": state.get("best"),
+        "stopped_early_at_epoch": state.get("stopped_early_at_epoch"),
+        "final_adapters": training.final_adapters if best_weights else "last",
     }
     return TrainResult(
         adapter_dir=adapter_dir,
@@ -563,14 +599,17 @@ def train_lora(
 def _train_epochs(
     *, model, pairs, cfg, state, images, tokens, with_negatives, accumulator, encode, loss_fn, scale_loss,
     optimizer, scheduler, scaler, trainable, logit_scale, checkpoints, device, on_checkpoint, log,
-    sharding, min_pairs,
+    sharding, min_pairs, validate=None, best_weights=None,
 ) -> None:
-    """The optimisation loop from ``state``'s position to the end; mutates ``state``."""
+    """The optimisation loop from ``state``'s position to the end; mutates ``state`` (and
+    ``best_weights``, the trainable tensors of the best validation so far)."""
     training = cfg.training
     effective = training.effective_batch_size
     params = list(trainable.values())
     world = sharding.world
     for epoch in range(state["epoch"], training.epochs):
+        if state.get("stopped_early_at_epoch"):
+            break
         batches = epoch_batches(len(pairs), effective, cfg.seed, epoch, min_pairs)
         if epoch + 1 < training.epochs:  # decode next epoch's first images early (cached anyway)
             images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, epoch + 1,
@@ -633,13 +672,43 @@ def _train_epochs(
                 })
                 logger.info("epoch %(epoch)d avg loss %(avg_loss).4f (%(time_s).1f s)", state["logs"]["epochs"][-1])
                 state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_steps=0, epoch_time_s=0.0)
-            finished = last_of_epoch and epoch + 1 == training.epochs
+                if validate is not None and ((epoch + 1) % training.eval_every_epochs == 0
+                                             or epoch + 1 == training.epochs):
+                    _record_validation(state, epoch + 1, validate(), trainable, best_weights, training)
+            finished = last_of_epoch and (epoch + 1 == training.epochs or bool(state.get("stopped_early_at_epoch")))
             if world.is_main and (state["step"] % training.checkpoint_every_steps == 0 or finished):
                 path = save_checkpoint(checkpoints, state["step"], trainable=trainable, optimizer=optimizer,
                                        scheduler=scheduler, scaler=scaler if scaler.is_enabled() else None,
-                                       state=state, keep=training.keep_checkpoints)
+                                       state=state, keep=training.keep_checkpoints, best=best_weights)
                 if on_checkpoint is not None:
                     on_checkpoint(path)
             if log is not None and world.is_main:
                 log({**record, "total_steps": len(batches) * training.epochs, "epochs": training.epochs})
+            if finished:
+                break
         state["batch_in_epoch"] = 0
+
+
+def validation_score(metrics: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """What "better on validation" means: text→image R@1, then text→image MRR."""
+    return metrics["text_to_image"]["R@1"], metrics["text_to_image"]["MRR"]
+
+
+def _record_validation(state: dict, epoch: int, metrics: dict, trainable: dict, best_weights: dict,
+                       training) -> None:
+    state["logs"].setdefault("validation", []).append({"epoch": epoch, "metrics": metrics})
+    best = state.get("best")
+    if best is None or validation_score(metrics) > tuple(best["score"]):
+        state["best"] = {"epoch": epoch, "step": state["step"], "score": list(validation_score(metrics)),
+                         "metrics": metrics}
+        state["evals_since_best"] = 0
+        best_weights.clear()
+        best_weights.update({name: p.detach().cpu().clone() for name, p in trainable.items()})
+    else:
+        state["evals_since_best"] = state.get("evals_since_best", 0) + 1
+    logger.info("validation epoch %d: t2i R@1 %.3f, i2t R@1 %.3f (best epoch %d)", epoch,
+                metrics["text_to_image"]["R@1"], metrics["image_to_text"]["R@1"], state["best"]["epoch"])
+    patience = training.early_stopping_patience
+    if patience is not None and state["evals_since_best"] >= patience and epoch < training.epochs:
+        state["stopped_early_at_epoch"] = epoch
+        logger.info("early stopping at epoch %d: %d validations without improvement", epoch, patience)
