@@ -1,4 +1,4 @@
-"""LoRA adapters on CLIP with peft: apply, count, save, load and merge.
+"""LoRA-family adapters on CLIP with peft (LoRA, DoRA, LoHa, LoKr, (IA)^3): apply, count, save, load, merge.
 
 The temperature (``logit_scale``) is not a peft module; it stays a separately trained
 parameter and is saved beside the adapters as ``logit_scale.json``.
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import CLIPModel, CLIPProcessor
 
 from clipfood_assets.modeling.clip import load_clip
@@ -51,26 +51,65 @@ def lora_target_modules(model: torch.nn.Module, lora_cfg: LoraSettings) -> list[
     return names
 
 
-def _lora_config(model: torch.nn.Module, lora_cfg: LoraSettings) -> LoraConfig:
+def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: str) -> PeftConfig:
+    """peft's own config class for ``method``, with the rank, alpha, dropout and layers of ``lora_cfg``."""
     # A regex over exactly these names: peft stores it in adapter_config.json, and it stays
     # short however many layers the model has (a full-name list would be hundreds of entries).
     names = lora_target_modules(model, lora_cfg)
     layer_pattern = "|".join(sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n in names}))
-    return LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.lora_alpha,
-        lora_dropout=lora_cfg.lora_dropout,
-        target_modules=f"^(?:{layer_pattern})$",
-        bias=lora_cfg.bias,
-    )
+    targets = f"^(?:{layer_pattern})$"
+    if method in ("lora", "dora"):
+        return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.lora_alpha, lora_dropout=lora_cfg.lora_dropout,
+                          target_modules=targets, bias=lora_cfg.bias, use_dora=method == "dora")
+    if method == "loha":
+        return LoHaConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=lora_cfg.lora_dropout,
+                          target_modules=targets)
+    if method == "lokr":
+        return LoKrConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=lora_cfg.lora_dropout,
+                          target_modules=targets)
+    if method == "ia3":
+        # (IA)^3 learns one scaling vector per layer: no rank, alpha or dropout. Attention
+        # projections are scaled on their output (no feed-forward layers among the targets).
+        return IA3Config(target_modules=targets, feedforward_modules=[])
+    raise ValueError(f"unknown peft method {method!r}; expected lora, dora, loha, lokr or ia3")
 
 
-def apply_lora(model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters (base weights frozen); ``logit_scale`` trainable if asked."""
+def apply_lora(
+    model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True, method: str = "lora"
+) -> PeftModel:
+    """Wrap ``model`` with peft adapters of ``method`` (lora | dora | loha | lokr | ia3; base weights
+    frozen); ``logit_scale`` trainable if asked. Raises ValueError for an unknown method."""
     with _quiet_peft():
-        peft_model = get_peft_model(model, _lora_config(model, lora_cfg))
+        peft_model = get_peft_model(model, _peft_config(model, lora_cfg, method))
     logit_scale_parameter(peft_model).requires_grad_(train_logit_scale)
     return peft_model
+
+
+def check_quantization(quantization: str, device: torch.device | str) -> None:
+    """QLoRA (4-bit NF4 base via bitsandbytes) runs on CUDA only: refuse it clearly anywhere else."""
+    if quantization == "none":
+        return
+    if torch.device(device).type != "cuda":
+        raise ValueError(
+            f"peft.quantization: {quantization} (QLoRA) needs a CUDA GPU and bitsandbytes; this run is on "
+            f"{torch.device(device).type}. Use peft.quantization: none here."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("peft.quantization: 4bit needs the bitsandbytes package (pip install bitsandbytes)") from exc
+
+
+def load_quantized_clip(name_or_path: str, device: torch.device | str) -> CLIPModel:
+    """The base CLIP with its Linear layers in 4-bit NF4 (bf16 compute), ready for k-bit training."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+    model = CLIPModel.from_pretrained(name_or_path, quantization_config=quantization, use_safetensors=True,
+                                      device_map={"": torch.device(device).index or 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def logit_scale_parameter(model: torch.nn.Module) -> torch.nn.Parameter:

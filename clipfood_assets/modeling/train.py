@@ -53,7 +53,14 @@ from clipfood_assets.modeling.losses import (
     contrastive_loss,
     negatives_per_pair,
 )
-from clipfood_assets.modeling.lora import apply_lora, count_parameters, logit_scale_parameter, save_adapters
+from clipfood_assets.modeling.lora import (
+    apply_lora,
+    check_quantization,
+    count_parameters,
+    load_quantized_clip,
+    logit_scale_parameter,
+    save_adapters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -434,10 +441,13 @@ def train_lora(
     with _deterministic():
         _seed_everything(cfg.seed)
         torch.backends.cudnn.benchmark = False
+        check_quantization(cfg.peft.quantization, device)
         model, processor = load_clip(base_model, device)
+        if cfg.peft.quantization == "4bit":  # QLoRA: the frozen base in NF4 (CUDA; checked above)
+            model = load_quantized_clip(base_model, device)
         if training.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        model = apply_lora(model, cfg.lora, train_logit_scale=training.train_logit_scale)
+        model = apply_lora(model, cfg.lora, train_logit_scale=training.train_logit_scale, method=cfg.peft.method)
         logit_scale = logit_scale_parameter(model)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         trainable_count, total_count = count_parameters(model)

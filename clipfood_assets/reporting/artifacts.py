@@ -23,6 +23,7 @@ SCORE_METRICS = ("R@1", "R@5", "R@10", "MRR")
 LOWER_IS_BETTER = frozenset({"MedianRank", "MeanRank"})
 PRIMARY_METRIC = "text_to_image/R@1"
 HYPERPARAMETERS = (
+    "peft.method",
     "lora.r",
     "lora.lora_alpha",
     "training.epochs",

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from clipfood_assets.reporting.analysis import metric_comparison
 from clipfood_assets.reporting.artifacts import (
+    config_value,
     BASELINE_LABEL,
     DIRECTION_LABELS,
     DIRECTIONS,
@@ -203,6 +204,8 @@ def efficiency_rows(baseline: Mapping[str, Any], runs: Mapping[str, RunArtifacts
         trainable, total = row["trainable_parameters"], row["total_parameters"]
         row["trainable_percent"] = 100.0 * trainable / total if trainable is not None and total else None
         row["model"] = label
+        # Runs configured before the peft section existed were LoRA.
+        row["method"] = None if run is None else str(config_value(run.config, "peft.method") or "lora")
         rows.append(row)
     return rows
 

@@ -233,9 +233,10 @@ def _training_section(findings: Findings) -> list[str]:
 def _efficiency_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Efficiency", ""]
     lines += table(
-        ["Model", "Device", "Training time (s)", "Peak memory (MiB)", "Memory kind", "Images/s", "Texts/s",
-         "Trainable params", "Total params", "Trainable %"],
-        [[md_text(row["model"], 60), md_text(row["device"] or DASH, 30), fmt(row["training_time_s"], 1),
+        ["Model", "PEFT method", "Device", "Training time (s)", "Peak memory (MiB)", "Memory kind", "Images/s",
+         "Texts/s", "Trainable params", "Total params", "Trainable %"],
+        [[md_text(row["model"], 60), md_text(row["method"] or DASH, 20), md_text(row["device"] or DASH, 30),
+          fmt(row["training_time_s"], 1),
           fmt(None if row["peak_memory_bytes"] is None else row["peak_memory_bytes"] / 2**20, 1),
           md_text(row["peak_memory_kind"] or DASH, 30), fmt(row["images_per_s"], 1), fmt(row["texts_per_s"], 1),
           fmt(row["trainable_parameters"], 0), fmt(row["total_parameters"], 0), fmt(row["trainable_percent"], 2)]

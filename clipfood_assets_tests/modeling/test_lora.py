@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from clipfood_assets.modeling.clip import load_clip
@@ -99,3 +100,50 @@ def test_load_adapted_model_rejects_a_directory_without_adapters(tiny_model_dir,
     (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="pickle"):
         load_adapted_model(tiny_model_dir, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "loha", "lokr", "ia3"])
+def test_each_peft_method_trains_a_step_and_round_trips_save_load_merge(method, tiny_model_dir, tmp_path):
+    """One optimizer step changes the output; saved, loaded and merged, the model computes the same."""
+    from clipfood_assets.modeling.clip import load_clip
+
+    model, processor = load_clip(tiny_model_dir)
+    adapted = apply_lora(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0), method=method)
+    trainable, total = count_parameters(adapted)
+    assert 0 < trainable < total
+    inputs = processor(text=["tomato soup", "apple pie"], images=[Image.new("RGB", (64, 64), c) for c in
+                                                                  ("red", "blue")], return_tensors="pt",
+                       padding=True)
+    before = adapted(**inputs).logits_per_image.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=0.05)
+    adapted(**inputs).logits_per_image.diagonal().sum().neg().backward()
+    optimizer.step()
+    adapted.eval()
+    with torch.no_grad():
+        after = adapted(**inputs).logits_per_image
+    assert not torch.allclose(before, after)
+    save_adapters(adapted, tmp_path / method, logit_scale_parameter(adapted))
+    merged, _ = load_adapted_model(tiny_model_dir, tmp_path / method, merge=True)
+    unmerged, _ = load_adapted_model(tiny_model_dir, tmp_path / method, merge=False)
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits_per_image, after, atol=1e-4)
+        assert torch.allclose(unmerged(**inputs).logits_per_image, after, atol=1e-4)
+
+
+def test_an_unknown_method_and_qlora_without_cuda_are_refused_clearly():
+    from clipfood_assets.modeling.lora import check_quantization
+
+    with pytest.raises(ValueError, match="unknown peft method 'vera'"):
+        apply_lora(_vit_b32_on_meta(), LoraSettings(), method="vera")
+    check_quantization("none", "cpu")
+    with pytest.raises(ValueError, match=r"peft.quantization: 4bit \(QLoRA\) needs a CUDA GPU"):
+        check_quantization("4bit", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA (and bitsandbytes)")
+def test_qlora_trains_on_cuda(tiny_model_dir):
+    from clipfood_assets.modeling.lora import load_quantized_clip
+
+    model = load_quantized_clip(str(tiny_model_dir), "cuda")
+    adapted = apply_lora(model, LoraSettings(r=4), method="lora")
+    assert 0 < count_parameters(adapted)[0]
