@@ -49,3 +49,29 @@ def run_config_key(run_key: str) -> str:
 
 def run_checkpoints_prefix(run_key: str) -> str:
     return run_prefix(run_key) + "checkpoints/"
+
+
+# fine-tuning-zone: the promoted model, one folder per promotion, `current.json` written last.
+PROMOTED_PREFIX = "models/promoted/"
+PROMOTED_POINTER_KEY = PROMOTED_PREFIX + "current.json"
+
+# exploitation-zone: embeddings of every trusted-zone image and recipe title, per model version.
+EXPLOITATION_ZONE = "exploitation-zone"
+EMBEDDINGS_PREFIX = "embeddings/"
+EXPLOITATION_QUARANTINE_PREFIX = "quarantine/"
+
+
+def promotion_prefix(promotion_id: str) -> str:
+    """Folder of one promotion; the id has the run-key alphabet (see exploitation.promotion)."""
+    return f"{PROMOTED_PREFIX}{validate_run_key(promotion_id)}/"
+
+
+def embeddings_prefix(model_version: str, kind: str) -> str:
+    """`embeddings/<model version>/<images|titles>/`: shards and their index.csv."""
+    if kind not in ("images", "titles"):
+        raise ValueError(f"unknown embedding kind {kind!r}: images or titles")
+    return f"{EMBEDDINGS_PREFIX}{validate_run_key(model_version)}/{kind}/"
+
+
+def embedding_quarantine_key(kind: str) -> str:
+    return f"{EXPLOITATION_QUARANTINE_PREFIX}{kind}_embedding_quarantine.csv"
