@@ -61,16 +61,26 @@ EMBEDDINGS_PREFIX = "embeddings/"
 EXPLOITATION_QUARANTINE_PREFIX = "quarantine/"
 
 
+_VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_version_id(value: str, what: str = "version id") -> str:
+    """Promotion ids and model versions become folder names: the run-key alphabet, up to 128 characters."""
+    if not isinstance(value, str) or not _VERSION_ID.match(value) or ".." in value:
+        raise ValueError(f"invalid {what} {value!r}: 1-128 letters, digits, '-', '_' or '.'")
+    return value
+
+
 def promotion_prefix(promotion_id: str) -> str:
-    """Folder of one promotion; the id has the run-key alphabet (see exploitation.promotion)."""
-    return f"{PROMOTED_PREFIX}{validate_run_key(promotion_id)}/"
+    """Folder of one promotion: `models/promoted/<promotion id>/`."""
+    return f"{PROMOTED_PREFIX}{validate_version_id(promotion_id, 'promotion id')}/"
 
 
 def embeddings_prefix(model_version: str, kind: str) -> str:
     """`embeddings/<model version>/<images|titles>/`: shards and their index.csv."""
     if kind not in ("images", "titles"):
         raise ValueError(f"unknown embedding kind {kind!r}: images or titles")
-    return f"{EMBEDDINGS_PREFIX}{validate_run_key(model_version)}/{kind}/"
+    return f"{EMBEDDINGS_PREFIX}{validate_version_id(model_version, 'model version')}/{kind}/"
 
 
 def embedding_quarantine_key(kind: str) -> str:
