@@ -19,6 +19,8 @@ TIE_POLICY = (
     "relevant score)"
 )
 
+# Rank metrics: a smaller value is better (for R@K and MRR a larger one).
+LOWER_IS_BETTER = frozenset({"MedianRank", "MeanRank"})
 # Queries per block when ranking, to bound the Q x G temporary arrays (~64 MB of float32 for
 # a gallery of 16k items).
 _QUERY_BLOCK = 1024
@@ -167,8 +169,10 @@ def paired_bootstrap_diff(
     cancels out.  Pass ``queries_m1``/``queries_m0`` (query identifiers) to have the
     alignment checked; a mismatch raises ValueError.
 
-    Returns ``{metric: {"m0", "m1", "diff", "ci": [lo, hi]}}`` where ``diff = m1 - m0``
-    (for rank metrics a negative diff is an improvement).
+    Returns ``{metric: {"m0", "m1", "diff", "ci": [lo, hi], "p_value"}}`` where ``diff = m1 - m0``
+    (for rank metrics a negative diff is an improvement) and ``p_value`` is the one-sided
+    bootstrap p-value of "M1 is not better than M0" ((1 + resamples not better) / (1 + n)),
+    what a multiple-comparison correction across runs (Holm) needs.
     """
     r1 = _validated_ranks(ranks_m1)
     r0 = _validated_ranks(ranks_m0)
@@ -194,6 +198,26 @@ def paired_bootstrap_diff(
             "m1": float(point1[name]),
             "diff": float(point1[name] - point0[name]),
             "ci": _percentile_interval(s1[name] - s0[name], confidence),
+            "p_value": _p_not_better(s1[name] - s0[name], lower_is_better=name in LOWER_IS_BETTER),
         }
         for name in point1
     }
+
+
+def _p_not_better(differences: np.ndarray, *, lower_is_better: bool) -> float:
+    not_better = (differences >= 0) if lower_is_better else (differences <= 0)
+    return float((1 + int(np.count_nonzero(not_better))) / (1 + differences.size))
+
+
+def holm_adjusted(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm–Bonferroni step-down adjusted p-values (family-wise error control over the family given).
+
+    Sorted ascending, the i-th of m p-values is multiplied by (m - i), kept monotone and capped at 1.
+    """
+    ordered = sorted(p_values.items(), key=lambda item: (item[1], item[0]))
+    adjusted, running = {}, 0.0
+    m = len(ordered)
+    for i, (key, p) in enumerate(ordered):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[key] = running
+    return adjusted

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clipfood_assets.modeling.metrics import holm_adjusted
 from clipfood_assets.reporting.artifacts import (
     DIRECTIONS,
     PRIMARY_METRIC,
@@ -120,6 +121,48 @@ def h1_verdict(results: Mapping[str, Any]) -> H1Verdict:
     return H1Verdict(H1_NOT_SUPPORTED, direction, metric, primary, upstream, "CI includes or lies below 0")
 
 
+FAMILY_ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The run the report stands behind, and on what it was chosen."""
+
+    run: str | None
+    basis: str  # "validation", or "test" when no run has validation (optimistic: chosen on the test set)
+    validation_score: tuple[float, float] | None = None
+    epoch: int | None = None
+
+
+def _validation_best(run: RunArtifacts) -> tuple[tuple[float, float], int | None] | None:
+    score = lookup(run.training_logs, "best_validation", "score")
+    if not isinstance(score, list) or len(score) != 2 or any(as_number(v) is None for v in score):
+        return None
+    epoch = lookup(run.training_logs, "best_validation", "epoch")
+    return (float(score[0]), float(score[1])), epoch if isinstance(epoch, int) else None
+
+
+def select_run(runs: Mapping[str, RunArtifacts]) -> Selection:
+    """Selection on validation, claims on test: the run with the best validation text→image R@1
+    (then MRR, then key). Only when no run has validation is the test set used (and said)."""
+    validated = {key: best for key, run in runs.items() if (best := _validation_best(run)) is not None}
+    if validated:
+        key = min(validated, key=lambda k: (-validated[k][0][0], -validated[k][0][1], k))
+        return Selection(key, "validation", validated[key][0], validated[key][1])
+    return Selection(choose_best_run(runs), "test")
+
+
+def holm_over_runs(runs: Mapping[str, RunArtifacts]) -> dict[str, float]:
+    """Holm-adjusted one-sided bootstrap p-values of the primary metric, over every compared run."""
+    direction, metric = parse_metric_path(PRIMARY_METRIC)
+    raw = {}
+    for key, run in runs.items():
+        p_value = as_number(lookup(run.results, "comparison_to_baseline", direction, metric, "p_value"))
+        if p_value is not None:
+            raw[key] = p_value
+    return holm_adjusted(raw)
+
+
 def choose_best_run(runs: Mapping[str, RunArtifacts]) -> str | None:
     """The run with the highest text→image R@1 (then MRR, then key); None if no run has the metric."""
     direction, metric = parse_metric_path(None)
@@ -222,7 +265,13 @@ class Findings:
     runs: Mapping[str, RunArtifacts]
     verdicts: Mapping[str, H1Verdict]
     failures: Mapping[str, Mapping[str, FailureAnalysis]]
-    best_run: str | None
+    selection: Selection
+    holm: Mapping[str, float]  # run -> Holm-adjusted p-value of the primary metric
+
+    @property
+    def best_run(self) -> str | None:
+        """The selected run (on validation when runs have it)."""
+        return self.selection.run
 
 
 def analyse(baseline: Mapping[str, Any], runs: Mapping[str, RunArtifacts]) -> Findings:
@@ -236,7 +285,8 @@ def analyse(baseline: Mapping[str, Any], runs: Mapping[str, RunArtifacts]) -> Fi
             key: {direction: failure_analysis(baseline, run.results, direction) for direction in DIRECTIONS}
             for key, run in ordered.items()
         },
-        best_run=choose_best_run(ordered),
+        selection=select_run(ordered),
+        holm=holm_over_runs(ordered),
     )
 
 
@@ -256,6 +306,10 @@ def build_summary(findings: Findings) -> dict[str, Any]:
             "reason": verdict.reason,
             "test_set_mismatch": differing_test_set_counts(baseline, run.results),
             "failure_cases": _failures_json(findings.failures[key]),
+            "role": "selected" if key == findings.selection.run else "exploratory",
+            "validation_best": _validation_json(run),
+            "p_value": as_number(lookup(run.results, "comparison_to_baseline", direction, metric, "p_value")),
+            "holm_adjusted_p": findings.holm.get(key),
         }
     statuses = Counter(verdict.status for verdict in verdicts.values())
     return {
@@ -274,5 +328,26 @@ def build_summary(findings: Findings) -> dict[str, Any]:
         "n_not_compared": statuses[H1_NOT_COMPARED],
         "h1_supported_by_any_run": statuses[H1_SUPPORTED] > 0,
         "best_run": findings.best_run,
+        "selection": {
+            "run": findings.selection.run,
+            "basis": findings.selection.basis,
+            "validation_score": list(findings.selection.validation_score) if findings.selection.validation_score
+            else None,
+            "epoch": findings.selection.epoch,
+            "rule": "the run with the best validation text→image R@1 (then MRR); H1 is judged on the test set "
+                    "for that run only, the others are exploratory",
+        },
+        "h1_supported_by_selected_run": (findings.verdicts[findings.selection.run].supported
+                                         if findings.selection.run in findings.verdicts else None),
+        "family_wise": {
+            "method": "Holm–Bonferroni over the one-sided paired-bootstrap p-values of every compared run",
+            "alpha": FAMILY_ALPHA,
+            "supported_runs": sorted(k for k, p in findings.holm.items() if p < FAMILY_ALPHA),
+        },
         "runs": per_run,
     }
+
+
+def _validation_json(run: RunArtifacts) -> dict[str, Any] | None:
+    best = _validation_best(run)
+    return None if best is None else {"t2i_R@1": best[0][0], "t2i_MRR": best[0][1], "epoch": best[1]}

@@ -137,10 +137,32 @@ def _verdict_section(findings: Findings) -> list[str]:
     lines += [verdict_sentence(key, verdict) for key, verdict in findings.verdicts.items()]
     compared = [v for v in findings.verdicts.values() if v.status != H1_NOT_COMPARED]
     supported = [v for v in compared if v.status == H1_SUPPORTED]
-    lines += ["", f"H1 is supported by {len(supported)} of {len(compared)} compared run(s) "
+    lines += ["", f"Each run on its own: H1 is supported by {len(supported)} of {len(compared)} compared run(s) "
                   f"({len(findings.runs)} run(s) in total)."]
-    if findings.best_run is not None:
-        lines.append(f"Best run by text→image R@1: {md_text(findings.best_run, 60)}.")
+    return lines + [""] + _selection_lines(findings)
+
+
+def _selection_lines(findings: Findings) -> list[str]:
+    """Selection on validation, claim on test for the selected run; the family-wise view over all runs."""
+    selection = findings.selection
+    if selection.run is None:
+        return []
+    name = md_text(selection.run, 60)
+    verdict = findings.verdicts.get(selection.run)
+    claim = ("supports H1" if verdict is not None and verdict.supported else "does not support H1")
+    if selection.basis == "validation":
+        r1, _ = selection.validation_score
+        lines = [f"**Selected run: {name}**, chosen on the validation set (text→image R@1 {fmt(r1)} at epoch "
+                 f"{selection.epoch}), never on the test set. On the test set it {claim}; the other runs are "
+                 "exploratory."]
+    else:
+        lines = [f"**Selected run: {name}**, chosen on the test set because no run has validation results: "
+                 f"its test interval is optimistic once there is more than one run. On the test set it {claim}."]
+    if len(findings.holm) > 1:
+        supported = [k for k, p in findings.holm.items() if p < 0.05]
+        lines.append(f"Judged over all {len(findings.holm)} compared runs at once, Holm–Bonferroni on the one-sided "
+                     f"paired-bootstrap p-values (family-wise α = 0.05) supports H1 for "
+                     f"{', '.join(md_text(k, 40) for k in sorted(supported)) or 'no run'}.")
     return lines + [""]
 
 
