@@ -29,7 +29,8 @@ from clipfood_assets.lake.layout import (
 )
 
 GROUP = "data_zone"
-CODE_VERSION = "1"
+# 2: text-typed CSV schema, one image decoder, copies by source identity, refresh guard.
+CODE_VERSION = "2"
 
 
 class PairingConfig(dg.Config):
