@@ -186,8 +186,9 @@ def _run_job(defs, instance, name: str, ops: dict | None = None, **kwargs) -> No
 
 
 def materialize(run_key: str | None = None, run_config: Path | None = None, base_model: str = "", instance=None,
-                lake_dir: str | None = None, force: bool = False) -> dict:
-    """Materialize the whole asset graph; with a run key, register the run and train it too.
+                lake_dir: str | None = None, force: bool = False, runs: dict[str, dict] | None = None) -> dict:
+    """Materialize the whole asset graph; with a run key (or ``runs``: key -> overrides, a sweep's
+    points), register the runs and train and evaluate each, one after another.
 
     The data zone and the baseline are rebuilt only when the trusted zone changed since they
     were built (or with force), so runs launched side by side share one baseline.
@@ -204,11 +205,12 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     from clipfood_assets.modeling.runs import register_run, resolve_run_config
 
     base_model = ExperimentSettings(base_model=base_model).resolve_base_model()
-    overrides = {}
+    runs = dict(runs or {})
     if run_key is not None:
+        runs[run_key] = read_config_mapping(run_config) if run_config else {}
+    for key, overrides in runs.items():
         # A bad key or config fails here, before anything is written or run.
-        validate_run_key(run_key)
-        overrides = read_config_mapping(run_config) if run_config else {}
+        validate_run_key(key)
         resolve_run_config(EXPERIMENT_CONFIG, overrides, {}, base_model)
     if instance is None:
         dagster_home()
@@ -218,9 +220,9 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     defs = build_definitions(base_model=base_model, lake_dir=lake_dir)
     env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
     lake = lake_from_env(env)
-    if run_key is not None:
-        register_run(lake, run_key, EXPERIMENT_CONFIG, overrides, base_model)
-        instance.add_dynamic_partitions(experiment_runs.name, [run_key])
+    for key, overrides in runs.items():
+        register_run(lake, key, EXPERIMENT_CONFIG, overrides, base_model)
+    instance.add_dynamic_partitions(experiment_runs.name, list(runs))
     # Observed first: what is built next records these versions and is not shown as stale.
     zone = record_observations(instance, lake)
     if force or built_from(instance) != zone.version:
@@ -230,8 +232,8 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
         _run_job(defs, instance, "refresh_from_trusted_zone", ops=accept_degenerate_refresh_config() if force else None)
     else:
         log.info("data zone and baseline are up to date with the trusted zone; not rebuilt")
-    if run_key is not None:
-        _run_job(defs, instance, "train_and_evaluate_run", partition_key=run_key)
+    for key in runs:
+        _run_job(defs, instance, "train_and_evaluate_run", partition_key=key)
     _run_job(defs, instance, "rebuild_report")
     return {"fine_tuning_zone": lake.uri(FINE_TUNING_ZONE)}
 
@@ -244,6 +246,34 @@ def cmd_materialize(args) -> None:
     out = materialize(args.run, Path(args.config) if args.config else None, base_model=args.base_model or "",
                       force=args.force)
     print(f"materialized; results in {out['fine_tuning_zone']}")
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args) -> None:
+    from clipfood_assets.defs.resources import ExperimentSettings
+    from clipfood_assets.modeling.sweep import load_sweep
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such sweep file: {path}")
+    base_model = ExperimentSettings(base_model=args.base_model or "").resolve_base_model()
+    sweep = load_sweep(path, EXPERIMENT_CONFIG, base_model)  # every point validated before anything runs
+    print(f"sweep {sweep.name}: {len(sweep.points)} runs: {', '.join(sweep.run_keys)}")
+    from clipfood_assets.lake import lake_from_env
+    from clipfood_assets.lake.layout import FINE_TUNING_ZONE, sweep_key
+
+    # Stored in the lake either way: the report's sweep table reads it from there.
+    lake = lake_from_env()
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), path.read_bytes(), "application/yaml")
+    if args.submit:
+        print(f"submitted to {lake.uri(FINE_TUNING_ZONE, sweep_key(sweep.name))}: the sweep_sensor of a running "
+              "`clipfood dev` registers the runs and launches them (one training at a time, pool gpu)")
+        return
+    out = materialize(base_model=base_model, force=args.force,
+                      runs={point.run_key: point.overrides for point in sweep.points})
+    print(f"sweep {sweep.name} materialized; report in {out['fine_tuning_zone']}")
 
 
 # --- demo ----------------------------------------------------------------------------------------
@@ -389,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild the data zone and baseline even if up to date, and accept a refresh the guard "
                         "stops (pairs dropping to 0 or by more than the allowed fraction)")
     p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("sweep", help="run every point of a sweep file (a base config and a grid or list of runs)")
+    p.add_argument("file", help="sweep YAML: name, base, grid (config key -> values) or runs (list of overrides)")
+    p.add_argument("--submit", action="store_true",
+                   help="hand the sweep to a running `clipfood dev` (its sweep_sensor) instead of running it here")
+    p.add_argument("--base-model", default=None, help="hub id or local folder for this invocation")
+    p.add_argument("--force", action="store_true", help="rebuild the data zone and baseline even if up to date")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")
     # 500 recipes hold out 100 for testing: enough queries for a confidence interval that means something.

@@ -9,6 +9,7 @@ from clipfood_assets.defs.io_manager import ZoneIOManager
 from clipfood_assets.defs.jobs import JOBS
 from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapters, lora_results
 from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
+from clipfood_assets.defs.model_zone.sweeps import sweep_sensor
 from clipfood_assets.defs.report.assets import comparison_report
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.defs.trusted_zone.assets import trusted_zone
@@ -54,6 +55,6 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS],
         jobs=JOBS,
-        sensors=[trusted_zone_sensor, AUTOMATION_SENSOR],
+        sensors=[trusted_zone_sensor, sweep_sensor, AUTOMATION_SENSOR],
         resources=build_resources(**resource_overrides),
     )

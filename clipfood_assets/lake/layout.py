@@ -42,6 +42,14 @@ def run_prefix(run_key: str) -> str:
     return f"{LORA_PREFIX}run_{validate_run_key(run_key)}/"
 
 
+SWEEPS_PREFIX = "experiments/sweeps/"
+
+
+def sweep_key(name: str) -> str:
+    """Where a submitted sweep file lives; the sweep sensor watches this prefix."""
+    return f"{SWEEPS_PREFIX}{validate_run_key(name)}.yaml"
+
+
 def run_config_key(run_key: str) -> str:
     """The keys a user set for a run (registered); the resolved config is the run's config.yaml."""
     return run_prefix(run_key) + "run_config.yaml"

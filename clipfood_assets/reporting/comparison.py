@@ -23,6 +23,7 @@ from clipfood_assets.reporting.figures import (
     learning_curves_png,
     metric_bars_png,
     metric_differences_png,
+    sweep_png,
 )
 from clipfood_assets.reporting.markdown import render_markdown
 from clipfood_assets.reporting.plotting import run_colors
@@ -76,6 +77,7 @@ def build_comparison_report(
     *,
     example_queries_per_direction: int = 3,
     max_failure_rows: int = 15,
+    sweeps: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]] | None = None,
 ) -> Report:
     """Compare M0 with every M1 run: figures (PNG), report.md, summary.json and failure_cases.csv.
 
@@ -83,7 +85,8 @@ def build_comparison_report(
     the run's comparison_to_baseline (supported only if its lower bound is > 0). Runs without a
     comparison are shown and marked "not compared". `load_image` maps an image key to JPEG bytes
     for thumbnails; None, or a loader that raises, gives grey placeholder tiles. Same inputs give
-    the same bytes.
+    the same bytes. ``sweeps`` (name -> [(run key, {config key: value})]) adds a sweep table and
+    ``sweep_validation.png`` (validation R@1 per setting).
     """
     checked = _validate(baseline, runs)
     findings = analyse(baseline, checked)
@@ -98,7 +101,8 @@ def build_comparison_report(
     efficiency = efficiency_rows(baseline, findings.runs)
     summary = build_summary(findings)
     summary["thumbnails_missing"] = len(missing)
-    markdown = render_markdown(findings, efficiency, missing, max_failure_rows)
+    sweeps = {name: list(points) for name, points in (sweeps or {}).items() if points}
+    markdown = render_markdown(findings, efficiency, missing, max_failure_rows, sweeps)
     files = {
         "report.md": markdown.encode("utf-8"),
         "summary.json": (json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
@@ -110,6 +114,8 @@ def build_comparison_report(
         "efficiency.png": efficiency_png(baseline, findings.runs, colors),
         "retrieval_examples.png": examples_png,
     }
+    if sweeps:
+        files["sweep_validation.png"] = sweep_png(sweeps, findings.runs, findings.best_run)
     logger.info("comparison report built: %d run(s), best %s, %d supporting H1",
                 summary["n_runs"], best, summary["n_supported"])
     return Report(files=files, summary=summary, markdown=markdown)

@@ -28,6 +28,8 @@ from clipfood_assets.reporting.artifacts import (
 )
 from clipfood_assets.reporting.plotting import (
     BASELINE_COLOR,
+    HIT_COLOR,
+    RUN_COLORS,
     new_figure,
     plain_label,
     plot_style,
@@ -58,35 +60,82 @@ def _curve(steps: Sequence[Any], field: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _validation_curve(logs: Any) -> tuple[list[int], list[float]]:
+    epochs, values = [], []
+    for entry in lookup(logs, "validation") or []:
+        value = as_number(lookup(entry, "metrics", "text_to_image", "R@1"))
+        if isinstance(lookup(entry, "epoch"), int) and value is not None:
+            epochs.append(entry["epoch"])
+            values.append(value)
+    return epochs, values
+
+
 def learning_curves_png(runs: Mapping[str, RunArtifacts], colors: Mapping[str, str]) -> bytes:
-    """Training loss and temperature per optimizer step, one line per run."""
+    """Training loss and temperature per optimizer step, and validation text→image R@1 per epoch
+    (the best epoch marked), one line per run."""
     with plot_style():
-        figure = new_figure(11, 4)
-        loss_axes, temperature_axes = figure.subplots(1, 2)
-        drawn = {"loss": 0, "temperature": 0}
+        figure = new_figure(15, 4)
+        loss_axes, temperature_axes, validation_axes = figure.subplots(1, 3)
+        drawn = {"loss": 0, "temperature": 0, "validation": 0}
         for key, run in runs.items():
             steps = lookup(run.training_logs, "steps")
-            if not isinstance(steps, list):
-                continue
             for field, axes in (("loss", loss_axes), ("temperature", temperature_axes)):
-                x, y = _curve(steps, field)
+                x, y = _curve(steps, field) if isinstance(steps, list) else ([], [])
                 if len(x):
                     axes.plot(x, y, color=colors[key], linewidth=1.2, label=plain_label(key, 40))
                     drawn[field] += 1
-        for field, axes, title in (
-            ("loss", loss_axes, "Training loss per step"),
-            ("temperature", temperature_axes, "Temperature per step"),
+            epochs, values = _validation_curve(run.training_logs)
+            if epochs:
+                validation_axes.plot(epochs, values, color=colors[key], marker="o", markersize=3, linewidth=1.2,
+                                     label=plain_label(key, 40))
+                best = lookup(run.training_logs, "best_validation", "epoch")
+                if best in epochs:
+                    validation_axes.plot([best], [values[epochs.index(best)]], marker="*", markersize=12,
+                                         color=colors[key])
+                drawn["validation"] += 1
+        for field, axes, title, xlabel in (
+            ("loss", loss_axes, "Training loss per step", "optimizer step"),
+            ("temperature", temperature_axes, "Temperature per step", "optimizer step"),
+            ("validation", validation_axes, "Validation text→image R@1 (★ best)", "epoch"),
         ):
+            axes.set_title(title)
             if not drawn[field]:
                 show_message(axes, "no M1 runs yet" if not runs else f"no {field} in the training logs")
-                axes.set_title(title)
                 continue
-            axes.set_title(title)
-            axes.set_xlabel("optimizer step")
+            axes.set_xlabel(xlabel)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axes.set_ylabel(field)
+            axes.set_ylabel("R@1" if field == "validation" else field)
             axes.grid(alpha=0.3)
             axes.legend(loc="best")
+        figure.tight_layout()
+        return to_png(figure)
+
+
+def sweep_png(sweeps: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]], runs: Mapping[str, RunArtifacts],
+              selected: str | None) -> bytes:
+    """Best validation text→image R@1 of every point of every sweep, labelled by its values."""
+    with plot_style():
+        figure = new_figure(12, 3.6 * max(1, len(sweeps)))
+        panels = np.atleast_1d(figure.subplots(max(1, len(sweeps)), 1))
+        for axes, (name, points) in zip(panels, sweeps.items()):
+            labels, values, colors = [], [], []
+            for run_key, point_values in points:
+                labels.append(plain_label(", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point_values.items()),
+                                          30))
+                score = lookup(runs.get(run_key).training_logs if run_key in runs else None, "best_validation",
+                               "score")
+                values.append(float(score[0]) if isinstance(score, list) and score else np.nan)
+                colors.append(HIT_COLOR if run_key == selected else RUN_COLORS[0])
+            positions = np.arange(len(points))
+            axes.bar(positions, np.nan_to_num(values), color=colors)
+            for x, value in zip(positions, values):
+                axes.annotate("not run" if np.isnan(value) else f"{value:.3f}", (x, 0 if np.isnan(value) else value),
+                              ha="center", va="bottom", fontsize=8)
+            axes.set_xticks(positions, labels, rotation=20, ha="right")
+            axes.set_ylim(0, 1.05)
+            axes.set_ylabel("validation t2i R@1")
+            axes.set_title(f"Sweep {plain_label(name, 40)} (green: the selected run)")
+            axes.grid(axis="y", alpha=0.3)
         figure.tight_layout()
         return to_png(figure)
 

@@ -33,9 +33,10 @@ from clipfood_assets.reporting.artifacts import (
 FIGURES = {
     "metric_bars.png": "Retrieval metrics of M0 and each run with 95 % confidence intervals",
     "metric_differences.png": "M1 − M0 per metric with paired-bootstrap 95 % confidence intervals",
-    "learning_curves.png": "Training loss and temperature per step",
+    "learning_curves.png": "Training loss and temperature per step, validation R@1 per epoch",
     "efficiency.png": "Efficiency: training time, peak memory, throughput, trainable parameters",
-    "retrieval_examples.png": "Retrieval examples, M0 vs the best run",
+    "retrieval_examples.png": "Retrieval examples, M0 vs the selected run",
+    "sweep_validation.png": "Best validation text→image R@1 of every sweep point",
 }
 MAX_EPOCH_ROWS = 50
 DASH = "–"
@@ -252,6 +253,26 @@ def _training_section(findings: Findings) -> list[str]:
     return lines
 
 
+def _sweep_section(findings: Findings, sweeps: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]]) -> list[str]:
+    lines = ["## Sweeps", "", "Each point is one run; the selection uses only its best validation text→image R@1 "
+             "(test R@1 shown for reading, not for choosing).", ""]
+    for name, points in sweeps.items():
+        keys = list(dict.fromkeys(k for _, values in points for k in values))
+        rows = []
+        for run_key, values in points:
+            run = findings.runs.get(run_key)
+            score = lookup(run.training_logs, "best_validation", "score") if run else None
+            validation = score[0] if isinstance(score, list) and score else None
+            test = metric_value(run.results, "text_to_image", "R@1") if run else None
+            role = "selected" if run_key == findings.best_run else ("not run yet" if run is None else "exploratory")
+            rows.append([md_text(run_key, 60)] + [md_text(values.get(k, DASH), 20) for k in keys]
+                        + [fmt(validation), fmt(test), role])
+        lines += [f"### {md_text(name, 60)}", ""]
+        lines += table(["Run"] + [md_text(k, 40) for k in keys] + ["Validation t2i R@1", "Test t2i R@1", "Role"],
+                       rows)
+    return lines + [f"![{FIGURES['sweep_validation.png']}](sweep_validation.png)", ""]
+
+
 def _efficiency_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Efficiency", ""]
     lines += table(
@@ -316,6 +337,7 @@ def render_markdown(
     efficiency: Sequence[Mapping[str, Any]],
     missing_thumbnails: Sequence[str],
     max_failure_rows: int,
+    sweeps: Mapping[str, Sequence[tuple[str, Mapping[str, Any]]]] | None = None,
 ) -> str:
     """The whole report.md."""
     lines = ["# CLIP fine-tuning report: M0 (baseline) vs M1 (LoRA) runs", ""]
@@ -324,6 +346,8 @@ def render_markdown(
     lines += _metrics_section(findings)
     lines += _differences_section(findings)
     lines += _hyperparameter_section(findings)
+    if sweeps:
+        lines += _sweep_section(findings, sweeps)
     lines += _training_section(findings)
     lines += _efficiency_section(efficiency)
     lines += _examples_section(findings, missing_thumbnails)

@@ -75,3 +75,19 @@ def test_bootstrap_p_value_is_small_when_m1_always_wins_and_large_when_it_never_
     assert worse["R@1"]["p_value"] == 1.0
     # Rank metrics: lower is better, so the same ranks give the mirrored p-value.
     assert better["MeanRank"]["p_value"] == pytest.approx(1 / 201)
+
+
+def test_a_sweep_gets_a_table_and_a_validation_plot():
+    from io import BytesIO
+
+    from PIL import Image
+
+    runs = {"s-r4": _run(0.3, 0.01, (0.2, 0.2)), "s-r8": _run(0.2, 0.2, (0.4, 0.4))}
+    sweeps = {"s": [("s-r4", {"lora.r": 4}), ("s-r8", {"lora.r": 8}), ("s-r16", {"lora.r": 16})]}
+    report = build_comparison_report(BASELINE, [], runs, load_image=None, sweeps=sweeps)
+    assert "## Sweeps" in report.markdown and "| s-r8 | 8 | 0.400 | 0.200 | selected |" in report.markdown
+    assert "| s-r16 | 16 | – | – | not run yet |" in report.markdown
+    plot = Image.open(BytesIO(report.files["sweep_validation.png"]))
+    assert plot.size[0] > 500 and len(set(plot.convert("L").getdata())) > 2
+    assert "](sweep_validation.png)" in report.markdown
+    assert "sweep_validation.png" not in build_comparison_report(BASELINE, [], runs, load_image=None).files

@@ -6,7 +6,8 @@ import dagster as dg
 from clipfood_assets.defs.io_manager import zone_artifact
 from clipfood_assets.defs.meta import OWNERS, rounded
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
-from clipfood_assets.defs.resources import LakeResource
+from clipfood_assets.defs.model_zone.sweeps import stored_sweeps
+from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
 from clipfood_assets.lake.artifacts import Bundle, IncompleteArtifact, StoredBundle, read_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_prefix
 
@@ -33,7 +34,8 @@ REPORT_CONDITION = (
     automation_condition=REPORT_CONDITION,
 )
 def comparison_report(
-    context: dg.AssetExecutionContext, lake: LakeResource, baseline_results: StoredBundle
+    context: dg.AssetExecutionContext, lake: LakeResource, settings: ExperimentSettings,
+    baseline_results: StoredBundle,
 ) -> dg.Output[Bundle]:
     from clipfood_assets.reporting import RunArtifacts, build_comparison_report
 
@@ -57,6 +59,8 @@ def comparison_report(
         baseline_results.read("examples_top5.json"),
         runs,
         load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key),
+        sweeps={name: [(p.run_key, p.values) for p in sweep.points]
+                for name, sweep in stored_sweeps(store, settings, context.log).items()},
     )
     summary = report.summary
     metadata = {

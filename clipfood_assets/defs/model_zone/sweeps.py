@@ -1,0 +1,93 @@
+"""Sweeps from the UI side: a sweep file submitted to the lake registers its runs and launches them."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from clipfood_assets.defs.jobs import train_run_job
+from clipfood_assets.defs.model_zone.partitions import experiment_runs
+from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
+from clipfood_assets.lake.base import Lake
+from clipfood_assets.lake.layout import FINE_TUNING_ZONE, SWEEPS_PREFIX
+from clipfood_assets.modeling.runs import read_run_overrides, register_run
+from clipfood_assets.modeling.sweep import Sweep, load_sweep
+
+SWEEP_TAG = "clipfood/sweep"
+
+
+def read_sweep(store: Lake, key: str, settings: ExperimentSettings) -> Sweep:
+    """A sweep file of the lake, expanded and validated (ValueError naming the object when bad)."""
+    with tempfile.TemporaryDirectory(prefix="clipfood-sweep-") as tmp:
+        path = Path(tmp) / Path(key).name  # the file's stem names the sweep when it has no name
+        path.write_bytes(store.get_bytes(FINE_TUNING_ZONE, key))
+        try:
+            return load_sweep(path, settings.experiment_config_path(), settings.resolve_base_model())
+        except ValueError as exc:
+            raise ValueError(f"{store.uri(FINE_TUNING_ZONE, key)}: {exc}") from None
+
+
+def stored_sweeps(store: Lake, settings: ExperimentSettings, log=None) -> dict[str, Sweep]:
+    """Every valid sweep in the lake by name; invalid ones are logged and left out."""
+    sweeps = {}
+    for obj in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX):
+        if not obj.key.endswith(".yaml"):
+            continue
+        try:
+            sweep = read_sweep(store, obj.key, settings)
+        except ValueError as exc:
+            if log is not None:
+                log.warning(str(exc))
+            continue
+        sweeps[sweep.name] = sweep
+    return sweeps
+
+
+def _already_trained(instance: dg.DagsterInstance, store: Lake, point) -> bool:
+    """The point's run is trained with exactly these overrides."""
+    trained = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("lora_adapters"), asset_partitions=[point.run_key]), limit=1)
+    return bool(trained.records) and read_run_overrides(store, point.run_key) == point.overrides
+
+
+@dg.sensor(
+    job=train_run_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Watches {FINE_TUNING_ZONE}/{SWEEPS_PREFIX}*.yaml (`clipfood sweep FILE --submit`): a new or "
+    "changed sweep registers one experiment run per point and launches them; the gpu pool trains one at a time "
+    "and the report follows by automation.",
+)
+def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: ExperimentSettings):
+    store = lake.get_lake()
+    seen = json.loads(context.cursor) if context.cursor else {}
+    files = {o.key: o.etag for o in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX) if o.key.endswith(".yaml")}
+    changed = [key for key, etag in files.items() if seen.get(key) != etag]
+    if not changed:
+        return dg.SkipReason("no new or changed sweep file")
+    requests, partitions, problems = [], [], []
+    for key in changed:
+        try:
+            sweep = read_sweep(store, key, settings)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        for point in sweep.points:
+            if _already_trained(context.instance, store, point):
+                continue  # e.g. the sweep ran from the CLI, or an unchanged point of an edited file
+            register_run(store, point.run_key, settings.experiment_config_path(), point.overrides,
+                         settings.resolve_base_model())
+            partitions.append(point.run_key)
+            requests.append(dg.RunRequest(
+                partition_key=point.run_key,
+                run_key=f"{key}@{files[key]}:{point.run_key}",  # a re-submitted (changed) file runs again
+                tags={SWEEP_TAG: sweep.name},
+            ))
+    context.update_cursor(json.dumps(files, sort_keys=True))
+    for problem in problems:
+        context.log.error(f"sweep refused: {problem}")
+    if not requests:
+        return dg.SkipReason("; ".join(problems)[:1000] or "every point of the changed sweep(s) is trained already")
+    return dg.SensorResult(run_requests=requests,
+                           dynamic_partitions_requests=[experiment_runs.build_add_request(partitions)])

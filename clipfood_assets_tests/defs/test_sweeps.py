@@ -1,0 +1,51 @@
+"""The sweep sensor: a submitted sweep file registers its points and launches them, once."""
+
+import dagster as dg
+import yaml
+
+from clipfood_assets.defs.model_zone.sweeps import SWEEP_TAG, sweep_sensor
+from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
+from clipfood_assets.lake import LocalLake
+from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key, sweep_key
+from clipfood_assets.modeling.runs import read_run_overrides
+
+
+def _tick(tmp_path, instance, cursor=None):
+    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={
+        "lake": LakeResource(local_dir=str(tmp_path / "lake")), "settings": ExperimentSettings(base_model="/m")})
+    return sweep_sensor(context), context.cursor
+
+
+def test_a_submitted_sweep_launches_each_point_once(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    instance = dg.DagsterInstance.ephemeral()
+    nothing, cursor = _tick(tmp_path, instance)
+    assert isinstance(nothing, dg.SkipReason)
+
+    spec = {"name": "rk", "base": {"training": {"epochs": 2}}, "grid": {"lora.r": [4, 8, 16]}}
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("rk"), yaml.safe_dump(spec).encode())
+    result, cursor = _tick(tmp_path, instance, cursor)
+    keys = [r.partition_key for r in result.run_requests]
+    assert keys == ["rk-r4", "rk-r8", "rk-r16"]
+    assert all(r.tags[SWEEP_TAG] == "rk" for r in result.run_requests)
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == keys
+    assert read_run_overrides(lake, "rk-r8") == {"training": {"epochs": 2}, "lora": {"r": 8}}
+
+    unchanged, cursor = _tick(tmp_path, instance, cursor)
+    assert isinstance(unchanged, dg.SkipReason)
+
+    # Edited: points trained with the same overrides are not run again; new or changed ones are.
+    instance.add_dynamic_partitions("experiment_runs", keys)
+    instance.report_runless_asset_event(dg.AssetMaterialization("lora_adapters", partition="rk-r4"))
+    spec["grid"]["lora.r"] = [4, 32]
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("rk"), yaml.safe_dump(spec).encode())
+    edited, cursor = _tick(tmp_path, instance, cursor)
+    assert [r.partition_key for r in edited.run_requests] == ["rk-r32"]
+
+
+def test_a_bad_sweep_file_is_refused_with_its_reason_and_registers_nothing(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("bad"), b"grid: {lora.rank: [4]}\n")
+    result, _ = _tick(tmp_path, dg.DagsterInstance.ephemeral())
+    assert isinstance(result, dg.SkipReason) and "lora.rank" in result.skip_message and "bad.yaml" in result.skip_message
+    assert not lake.exists(FINE_TUNING_ZONE, run_config_key("bad-rank4"))
