@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,7 +160,10 @@ def failure_reason(error) -> str:
 def _message(error) -> str:
     """The error's message without the 'ClassName: ' that Dagster puts in front."""
     text = error.message.strip()
-    return text.removeprefix(f"{error.cls_name}: ") if error.cls_name else text
+    if not error.cls_name:
+        return text
+    # Dagster writes "Failure: …" or "dagster._core.definitions.events.Failure: …".
+    return re.sub(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}: ", "", text)
 
 
 def _run_job(defs, instance, name: str, ops: dict | None = None, **kwargs) -> None:
@@ -308,6 +312,8 @@ def cmd_demo(args) -> None:
     print(f"results: {lake.uri(FINE_TUNING_ZONE, run_prefix(args.run))}")
     print(f"report:  {lake.uri(FINE_TUNING_ZONE, REPORT_PREFIX + 'report.md')}")
     print("UI:      clipfood dev   (then open http://127.0.0.1:3000)")
+    # Exploitation zone: the report's run promoted (when its H1 holds), every photo and title in Chroma.
+    print_exploitation(promote_and_index(base_model=str(base)))
 
 
 # --- dev -----------------------------------------------------------------------------------------
@@ -370,21 +376,117 @@ def cmd_dev(args) -> None:
 
 def cmd_search(args) -> None:
     from clipfood_assets.lake import lake_from_env
-    from clipfood_assets.modeling.search import open_run_searcher
 
     if not args.query and not args.image:
         raise CliError("give a text query or --image PATH")
     if args.image and not Path(args.image).is_file():
         raise CliError(f"no such image: {args.image}")
-    searcher = open_run_searcher(lake_from_env(), args.run)
+    if args.k < 1:
+        raise CliError("--k must be at least 1")
+    if args.run:
+        # One run's own model, searching the fine-tuning zone's pairs (embedded on the fly).
+        from clipfood_assets.modeling.search import open_run_searcher
+
+        searcher = open_run_searcher(lake_from_env(), args.run)
+        if args.image:
+            hits = searcher.captions_for_image(Path(args.image).read_bytes(), k=args.k)
+            for i, hit in enumerate(hits, 1):
+                print(f"{i}. {hit['score']:.3f}  {hit['caption']}  (recipe {hit['recipe_id']})")
+        else:
+            hits = searcher.images_for_text(args.query, k=args.k)
+            for i, hit in enumerate(hits, 1):
+                print(f"{i}. {hit['score']:.3f}  {hit['image_key']}  {hit['caption']}")
+        return
+    from clipfood_assets.exploitation.index import ExploitationIndex, IndexUnavailable
+    from clipfood_assets.exploitation.search import IndexSearcher
+
+    try:
+        index = ExploitationIndex.open(create=False)
+        searcher = IndexSearcher(index, lake_from_env())
+    except IndexUnavailable as exc:
+        raise CliError(f"{exc} (or search one run's model over its pairs with --run KEY)") from None
+    print(f"from {index.location.describe()}, made by the {searcher.model_info.describe()}", file=sys.stderr)
     if args.image:
-        hits = searcher.captions_for_image(Path(args.image).read_bytes(), k=args.k)
-        for i, hit in enumerate(hits, 1):
-            print(f"{i}. {hit['score']:.3f}  {hit['caption']}  (recipe {hit['recipe_id']})")
+        for i, hit in enumerate(searcher.titles_for_image(Path(args.image).read_bytes(), k=args.k), 1):
+            print(f"{i}. {hit.score:.3f}  {hit.title}  (recipe {hit.recipe_id})")
     else:
-        hits = searcher.images_for_text(args.query, k=args.k)
-        for i, hit in enumerate(hits, 1):
-            print(f"{i}. {hit['score']:.3f}  {hit['image_key']}  {hit['caption']}")
+        for i, hit in enumerate(searcher.images_for_text(args.query, k=args.k), 1):
+            print(f"{i}. {hit.score:.3f}  {hit.object_key}  {hit.title}")
+
+
+# --- promote -------------------------------------------------------------------------------------
+
+
+def promote_and_index(run_key: str | None = None, allow_unsupported: bool = False, base_model: str = "",
+                      instance=None, lake_dir: str | None = None) -> dict:
+    """Run `promote_model` (the report's run, or ``run_key``), then `index_exploitation_zone`.
+
+    Returns ``{"promotion": Promotion | None, "skipped": reason | None, "index": pointer metadata}``.
+    A refused pinned run raises CliError (nothing is indexed then); a run the rule refuses is skipped
+    and the zone is indexed with the model already current (the base model if none).
+    """
+    import dagster as dg
+
+    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.defs.resources import ExperimentSettings
+    from clipfood_assets.exploitation.index import ExploitationIndex
+    from clipfood_assets.exploitation.promotion import current_promotion
+    from clipfood_assets.lake import lake_from_env
+
+    base_model = ExperimentSettings(base_model=base_model).resolve_base_model()
+    if instance is None:
+        dagster_home()
+        instance = dg.DagsterInstance.get()
+    defs = build_definitions(base_model=base_model, lake_dir=lake_dir)
+    key = dg.AssetKey("promoted_model")
+
+    def latest() -> int | None:
+        records = instance.fetch_materializations(key, limit=1).records
+        return records[0].storage_id if records else None
+
+    before = latest()
+    config = {"run_key": run_key or "", "allow_unsupported": bool(allow_unsupported)}
+    _run_job(defs, instance, "promote_model", ops={"promoted_model": {"config": config}})
+    skipped = None
+    if latest() in (None, before):
+        observed = instance.fetch_observations(key, limit=1).records
+        meta = observed[0].asset_observation.metadata if observed else {}
+        skipped = str(meta["skipped"].value) if "skipped" in meta else "promoted_model did not materialize"
+    _run_job(defs, instance, "index_exploitation_zone")
+    lake = lake_from_env(dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {})))
+    promotion = None
+    if skipped is None:
+        from dataclasses import replace
+
+        reused = instance.fetch_materializations(key, limit=1).records[0].asset_materialization.metadata.get("reused")
+        promotion = replace(current_promotion(lake), reused=bool(reused.value) if reused else False)
+    index = ExploitationIndex.open(create=False)
+    return {"promotion": promotion, "skipped": skipped,
+            "index": index.pointer() or {}, "location": index.location.describe()}
+
+
+def print_exploitation(outcome: dict) -> None:
+    promotion = outcome["promotion"]
+    if promotion is not None:
+        print(f"promoted: run {promotion.run_key} ({promotion.promotion_id}{', unchanged' if promotion.reused else ''})"
+              f" -> fine-tuning-zone/{promotion.prefix}")
+        for warning in promotion.warnings:
+            print(f"  warning: {warning}")
+    else:
+        print(f"not promoted: {outcome['skipped']}")
+    index = outcome["index"]
+    made_by = (f"promoted model of run {index.get('model_run_key')}" if index.get("model_kind") == "promoted"
+               else f"base model {index.get('model_name')}")
+    print(f"index:   {index.get('n_images', 0)} photos, {index.get('n_titles', 0)} titles in "
+          f"{outcome['location']} (exploitation_images, exploitation_multimodal; made by the {made_by})")
+    print('search:  clipfood search "chocolate cake"   |   clipfood search --image PHOTO.jpg')
+
+
+def cmd_promote(args) -> None:
+    outcome = promote_and_index(args.run, args.allow_unsupported)
+    print_exploitation(outcome)
+    if outcome["skipped"] is not None:
+        raise CliError(f"nothing promoted: {outcome['skipped']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,12 +543,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("search", help="retrieve images for a text (or captions for an image) with a run's model")
+    p = sub.add_parser("search", help="photos for a text (or recipe titles for a photo) from the exploitation "
+                       "index; --run KEY searches with that run's own model instead")
     p.add_argument("query", nargs="?", default=None)
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", default=None,
+                   help="search the fine-tuning zone's pairs with this run's model (embedded on the fly) instead "
+                        "of the exploitation index")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--image", default=None)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("promote", help="promote the report's run (or --run KEY) and index every trusted-zone photo "
+                       "and title with it in Chroma")
+    p.add_argument("--run", default=None, help="pin this run instead of the report's best_run")
+    p.add_argument("--allow-unsupported", action="store_true",
+                   help="promote even if the run's H1 is not supported (or it is worse than M0); the model card "
+                        "says so")
+    p.set_defaults(func=cmd_promote)
     return parser
 
 

@@ -25,6 +25,7 @@ from clipfood_assets.lake.layout import (
     IMAGES_PREFIX,
     RECIPES_KEY,
     TEST_PAIRS_KEY,
+    VALIDATION_PAIRS_KEY,
     TRAIN_PAIRS_KEY,
     TRUSTED_IMAGES_PREFIX,
     TRUSTED_ZONE,
@@ -39,6 +40,7 @@ Progress = Callable[[int, int], None]
 class PositivePairs:
     train: pd.DataFrame
     test: pd.DataFrame
+    validation: pd.DataFrame  # carved from the training recipes: model selection, never training
     quarantine: pd.DataFrame
     n_recipes_read: int
     n_images_listed: int
@@ -51,10 +53,22 @@ def _parallel(fn, items: list, workers: int, progress: Progress | None = None) -
     return list(bounded_map(fn, items, workers=workers, total=len(items), progress=progress))
 
 
+def carve_validation(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation): ``fraction`` of the training recipes, by the same seeded recipe hash as the
+    test split, so the three sets are disjoint by recipe and reproducible. An empty validation set when
+    ``fraction`` is 0 or fewer than two training recipes remain."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0 or train["recipe_id"].nunique() < 2:
+        return train, train.iloc[0:0]
+    return split_by_recipe(train, test_size=fraction, seed=seed)
+
+
 def read_positive_pairs(
     lake: Lake,
     *,
     test_size: float = 0.2,
+    validation_fraction: float = 0.1,
     seed: int = 42,
     min_caption_chars: int = 3,
     max_caption_chars: int = 200,
@@ -63,7 +77,9 @@ def read_positive_pairs(
     workers: int = 16,
     progress: Progress | None = None,
 ) -> PositivePairs:
-    """Trusted zone -> positive pairs split by recipe; every bad record quarantined with its reason."""
+    """Trusted zone -> positive pairs split by recipe into train / validation / test (disjoint by
+    recipe; ``validation_fraction`` of the training recipes, 0 for none); every bad record
+    quarantined with its reason."""
     try:
         recipes, recipe_quarantine = parse_recipes(
             iter_lines(lake.iter_chunks(TRUSTED_ZONE, RECIPES_KEY), max_line_bytes), max_line_bytes
@@ -99,10 +115,12 @@ def read_positive_pairs(
         recipes, images, min_caption_chars=min_caption_chars, max_caption_chars=max_caption_chars
     )
     train, test = split_by_recipe(pairs, test_size=test_size, seed=seed)
+    train, validation = carve_validation(train, validation_fraction, seed)
     quarantine = quarantine_frame([*recipe_quarantine, *key_quarantine, *image_quarantine, *pair_quarantine])
     return PositivePairs(
         train=train.reset_index(drop=True),
         test=test.reset_index(drop=True),
+        validation=validation.reset_index(drop=True),
         quarantine=quarantine,
         n_recipes_read=len(recipes),
         n_images_listed=len(keys),
@@ -235,17 +253,21 @@ class PairCounts:
 
 
 def stored_pair_counts(lake: Lake) -> PairCounts | None:
-    """Rows of the pair CSVs the data zone holds now; None when there are none (first build)."""
+    """Rows of the pair CSVs the data zone holds now (validation counts as training: it is carved from
+    it); None when there are none (first build)."""
     counts = []
-    for key in (TRAIN_PAIRS_KEY, TEST_PAIRS_KEY):
+    for key in (TRAIN_PAIRS_KEY, TEST_PAIRS_KEY, VALIDATION_PAIRS_KEY):
         try:
             counts.append(len(read_table(lake.get_bytes(FINE_TUNING_ZONE, key))))
         except ObjectNotFound:
+            if key == VALIDATION_PAIRS_KEY:  # a data zone built before the validation split
+                counts.append(0)
+                continue
             return None
         except SchemaError as exc:  # unreadable artifacts are not good artifacts to protect
             log.warning("cannot read %s (%s); the refresh guard has nothing to compare with", key, exc)
             return None
-    return PairCounts(*counts)
+    return PairCounts(counts[0] + counts[2], counts[1])
 
 
 def refresh_refusal(previous: PairCounts | None, new: PairCounts, max_drop_fraction: float) -> str | None:
@@ -280,7 +302,7 @@ def guard_refresh(
     Raises DegenerateRefresh (with what was read and what was quarantined, and how to accept
     it); with ``accept`` returns the refusal it overrode instead (None when there was none).
     """
-    refusal = refresh_refusal(stored_pair_counts(lake), PairCounts(len(pairs.train), len(pairs.test)), max_drop_fraction)
+    refusal = refresh_refusal(stored_pair_counts(lake), PairCounts(len(pairs.train) + len(pairs.validation), len(pairs.test)), max_drop_fraction)
     if refusal is None or accept:
         return refusal
     reasons = pairs.quarantine["reason"].value_counts().head(3).to_dict() if len(pairs.quarantine) else {}

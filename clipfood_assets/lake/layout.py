@@ -15,6 +15,7 @@ TRUSTED_IMAGES_PREFIX = "images/"
 DATASETS_PREFIX = "datasets/"
 TRAIN_PAIRS_KEY = "datasets/train_pairs_positive.csv"
 TEST_PAIRS_KEY = "datasets/test_pairs_positive.csv"
+VALIDATION_PAIRS_KEY = "datasets/validation_pairs_positive.csv"
 AUGMENTED_PAIRS_KEY = "datasets/train_pairs_augmented_with_negatives.csv"
 QUARANTINE_KEY = "quarantine/pairing_quarantine.csv"
 # The trusted-zone identity (ETag, size) of each image copy, recorded when it was copied.

@@ -354,11 +354,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _read_pairs(path: Path):
-    import pandas as pd
+    from clipfood_assets.lake.tables import read_table
 
-    # Text columns stay text: a caption "NA" or a recipe id "007" must survive the CSV.
-    return pd.read_csv(path, dtype={"recipe_id": str, "image_key": str, "caption": str},
-                       keep_default_na=False, na_values={"recipe_id": [""], "image_key": [""], "caption": [""]})
+    return read_table(Path(path).read_bytes())  # the artifacts' one schema: ids and captions stay text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

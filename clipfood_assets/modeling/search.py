@@ -11,7 +11,13 @@ import pandas as pd
 
 from clipfood_assets.lake.artifacts import decode, read_bundle
 from clipfood_assets.lake.base import Lake
-from clipfood_assets.lake.layout import FINE_TUNING_ZONE, TEST_PAIRS_KEY, TRAIN_PAIRS_KEY, run_prefix
+from clipfood_assets.lake.layout import (
+    FINE_TUNING_ZONE,
+    TEST_PAIRS_KEY,
+    TRAIN_PAIRS_KEY,
+    VALIDATION_PAIRS_KEY,
+    run_prefix,
+)
 
 
 @dataclass
@@ -59,7 +65,9 @@ def open_run_searcher(lake: Lake, run_key: str, device: str = "auto", batch_size
         adapters = bundle.download("adapters", Path(tmp) / "adapters")
         model, processor = load_adapted_model(cfg.model.name, adapters, torch_device, merge=True)
     pairs = pd.concat(
-        [decode(key, lake.get_bytes(FINE_TUNING_ZONE, key)) for key in (TRAIN_PAIRS_KEY, TEST_PAIRS_KEY)],
+        [decode(key, lake.get_bytes(FINE_TUNING_ZONE, key)) for key in (TRAIN_PAIRS_KEY, TEST_PAIRS_KEY,
+                                                                         VALIDATION_PAIRS_KEY)
+         if key != VALIDATION_PAIRS_KEY or lake.exists(FINE_TUNING_ZONE, key)],  # older zones have none
         ignore_index=True,
     )
     images = pairs.drop_duplicates("image_key").sort_values("image_key").reset_index(drop=True)

@@ -38,8 +38,11 @@ def test_salted_zone_quarantines_every_bad_record_and_keeps_every_good_pair(back
 
     pairs = {tuple(r) for r in result.train[["recipe_id", "image_key", "caption"]].itertuples(index=False)}
     pairs |= {tuple(r) for r in result.test[["recipe_id", "image_key", "caption"]].itertuples(index=False)}
+    pairs |= {tuple(r) for r in result.validation[["recipe_id", "image_key", "caption"]].itertuples(index=False)}
     assert pairs == set(expected_pairs.itertuples(index=False, name=None)), "a good pair was lost or a bad one let through"
-    assert not set(result.train["recipe_id"]) & set(result.test["recipe_id"])
+    splits = [set(result.train["recipe_id"]), set(result.validation["recipe_id"]), set(result.test["recipe_id"])]
+    assert all(split for split in splits)
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
 
     got = dict(zip(result.quarantine["source"], result.quarantine["reason"]))
     in_lake = {o.key for o in lake.list(TRUSTED_ZONE, "images/")}  # what the zone lists as images
@@ -93,3 +96,27 @@ def test_copy_is_idempotent_and_mirrors_deletions(lake, s3_server):
     assert sorted(o.key for o in lake.list(FINE_TUNING_ZONE, "images/")) == keys[:5]
     with pytest.raises(LakeError, match="not in the trusted zone"):
         copy_images(lake, ["images/ghost__r000000099_0.jpg"])
+
+
+def test_validation_is_carved_from_training_recipes_reproducibly_and_disjoint():
+    import pandas as pd
+
+    from clipfood_assets.data.pairs import split_by_recipe
+    from clipfood_assets.data.prepare import carve_validation
+
+    pairs = pd.DataFrame({"recipe_id": [f"{i:010x}" for i in range(200) for _ in range(2)],
+                          "image_key": [f"images/x__{i:010x}_{n}.jpg" for i in range(200) for n in range(2)],
+                          "caption": [f"Dish {i}" for i in range(200) for _ in range(2)]})
+    train_all, test = split_by_recipe(pairs, test_size=0.2, seed=42)
+    train, validation = carve_validation(train_all, 0.1, 42)
+    assert validation["recipe_id"].nunique() == 16 and train["recipe_id"].nunique() == 144
+    assert not set(validation["recipe_id"]) & (set(train["recipe_id"]) | set(test["recipe_id"]))
+    assert len(train) + len(validation) + len(test) == len(pairs)
+    again = carve_validation(train_all.sample(frac=1, random_state=1), 0.1, 42)[1]
+    assert set(again["recipe_id"]) == set(validation["recipe_id"])  # input order does not matter
+    assert set(carve_validation(train_all, 0.1, 7)[1]["recipe_id"]) != set(validation["recipe_id"])
+    none_train, none = carve_validation(train_all, 0.0, 42)
+    assert none.empty and len(none_train) == len(train_all)
+    assert carve_validation(train_all[train_all["recipe_id"] == train_all["recipe_id"].iloc[0]], 0.1, 42)[1].empty
+    with pytest.raises(ValueError, match="validation_fraction"):
+        carve_validation(train_all, 1.0, 42)

@@ -71,7 +71,7 @@ def test_a_non_utf8_file_name_in_the_local_lake_is_quarantined_and_the_rest_stor
     with open(os.path.join(folder, b"latin1-\xe9__a000000001_1.jpg"), "wb") as out:  # "é" in Latin-1
         out.write(f.image_bytes("RGB", (16, 16), "JPEG", seed=9))
     result = read_positive_pairs(lake, workers=2)
-    assert len(result.train) + len(result.test) == 3
+    assert len(result.train) + len(result.validation) + len(result.test) == 3
     assert result.quarantine[["source", "reason"]].values.tolist() == [
         ["images/latin1-\\udce9__a000000001_1.jpg", "unencodable_key"]]
     encode("quarantine.csv", result.quarantine)  # storable

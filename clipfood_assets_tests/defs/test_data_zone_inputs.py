@@ -26,6 +26,7 @@ from clipfood_assets.lake.layout import (
     TEST_PAIRS_KEY,
     TRAIN_PAIRS_KEY,
     TRUSTED_ZONE,
+    VALIDATION_PAIRS_KEY,
 )
 
 from ..data import factories as f
@@ -99,7 +100,8 @@ def _images(ids, per_recipe: int = 1) -> dict[str, bytes]:
 
 
 def _paired_ids(zone: Zone) -> list[str]:
-    return sorted([*zone.table(TRAIN_PAIRS_KEY)["recipe_id"], *zone.table(TEST_PAIRS_KEY)["recipe_id"]])
+    return sorted([*zone.table(TRAIN_PAIRS_KEY)["recipe_id"], *zone.table(TEST_PAIRS_KEY)["recipe_id"],
+                   *zone.table(VALIDATION_PAIRS_KEY)["recipe_id"]])
 
 
 # --- 1: ids that look like numbers ---------------------------------------------------------------
@@ -117,7 +119,8 @@ def test_integer_ids_and_ids_that_look_like_numbers_stay_distinct_strings(zone):
     assert _paired_ids(zone) == expected
     augmented = zone.table(AUGMENTED_PAIRS_KEY)
     assert set(augmented["recipe_id"]) <= set(expected) and str(augmented["recipe_id"].dtype) == "str"
-    assert set(zone.table(TEST_PAIRS_KEY)["recipe_id"]).isdisjoint(zone.table(TRAIN_PAIRS_KEY)["recipe_id"])
+    splits = [set(zone.table(key)["recipe_id"]) for key in (TRAIN_PAIRS_KEY, VALIDATION_PAIRS_KEY, TEST_PAIRS_KEY)]
+    assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
 
 
 def test_the_same_id_as_integer_and_as_string_is_one_recipe(zone):
@@ -165,7 +168,8 @@ def test_16_bit_and_transparent_photos_reach_the_data_zone_as_the_same_photo(zon
     zone.write(_recipes(ids), images)
     zone.run()
     assert len(zone.table(QUARANTINE_KEY)) == 0
-    keys = {*zone.table(TRAIN_PAIRS_KEY)["image_key"], *zone.table(TEST_PAIRS_KEY)["image_key"]}
+    keys = {*zone.table(TRAIN_PAIRS_KEY)["image_key"], *zone.table(TEST_PAIRS_KEY)["image_key"],
+            *zone.table(VALIDATION_PAIRS_KEY)["image_key"]}
     assert {k for k in images if k.endswith(".png") or "cmyk" in k} <= keys
 
     from clipfood_assets.data.decode import decode_rgb
@@ -324,7 +328,8 @@ def test_the_data_zone_runs_on_an_adsdb_zone(zone):
     summary = write_synthetic_zone(zone.lake, 10, seed=4, zone_format="adsdb")
     result = zone.run()
     assert len(zone.table(QUARANTINE_KEY)) == 0
-    pairs = [*zone.table(TRAIN_PAIRS_KEY)["image_key"], *zone.table(TEST_PAIRS_KEY)["image_key"]]
+    pairs = [*zone.table(TRAIN_PAIRS_KEY)["image_key"], *zone.table(TEST_PAIRS_KEY)["image_key"],
+             *zone.table(VALIDATION_PAIRS_KEY)["image_key"]]
     assert len(pairs) == summary["images"] and all(k.startswith("images/image$adsdb$") for k in pairs)
     ids = _paired_ids(zone)
     assert any(i.isdigit() for i in ids) and any("e" in i and i.replace("e", "").isdigit() for i in ids)

@@ -147,3 +147,25 @@ def test_a_failed_refresh_is_retried_with_backoff_then_left_for_a_person(s3_env,
     _zone(s3_env, title="Soup")
     fresh, _ = _tick(cursor, instance)
     assert isinstance(fresh, dg.RunRequest) and fresh.tags[sensors.ATTEMPT_TAG] == "1"
+
+
+def test_a_refresh_refused_on_purpose_is_not_retried(s3_env, monkeypatch):
+    from clipfood_assets.defs.trusted_zone import sensors
+
+    _zone(s3_env)
+    instance = dg.DagsterInstance.ephemeral()
+    request, cursor = _tick(None, instance)
+    monkeypatch.setattr(sensors, "RETRY_BACKOFF_S", 0)
+
+    @dg.op
+    def guarded():
+        raise dg.Failure(description="refusing to refresh the data zone: no test pairs", allow_retries=False)
+
+    @dg.job(name="refresh_from_trusted_zone")
+    def refused_refresh():
+        guarded()
+
+    result = refused_refresh.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+    assert not result.success
+    refused, _ = _tick(cursor, instance)
+    assert "refused, not retried" in refused and "no test pairs" in refused

@@ -82,8 +82,7 @@ def test_empty_tables_keep_their_columns_and_types():
 def test_no_other_code_guesses_csv_types():
     """Every CSV read in the package goes through lake.tables (grep for read_csv)."""
     package = Path(__file__).resolve().parents[2] / "clipfood_assets"
-    # Known and owned elsewhere: distributed's standalone torchrun reader of a local file.
-    allowed = {"lake/tables.py", "modeling/distributed.py"}
+    allowed = {"lake/tables.py"}
     offenders = [
         str(path.relative_to(package)) for path in package.rglob("*.py")
         if re.search(r"\bread_csv\(|\bcsv\.reader\(|\bcsv\.DictReader\(", path.read_text(encoding="utf-8"))

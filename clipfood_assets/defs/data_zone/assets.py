@@ -26,15 +26,22 @@ from clipfood_assets.lake.layout import (
     QUARANTINE_KEY,
     TEST_PAIRS_KEY,
     TRAIN_PAIRS_KEY,
+    VALIDATION_PAIRS_KEY,
 )
 
 GROUP = "data_zone"
 # 2: text-typed CSV schema, one image decoder, copies by source identity, refresh guard.
-CODE_VERSION = "2"
+# 3: a validation split carved from the training recipes.
+CODE_VERSION = "3"
 
 
 class PairingConfig(dg.Config):
     test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction of recipes held out for testing.")
+    validation_fraction: float = Field(
+        default=0.1, ge=0, lt=1,
+        description="Fraction of the training recipes held out for validation (model selection, early stopping); "
+        "0: none.",
+    )
     seed: int = Field(default=42, description="Seed of the recipe-level split.")
     min_caption_chars: int = 3
     max_caption_chars: int = 200
@@ -68,7 +75,7 @@ def _progress(context, what: str):
     outs={
         "train_pairs_positive": dg.AssetOut(
             description="Training pairs (recipe_id, image_key, caption): every trusted image paired with its "
-            "recipe's title, 80 % of recipes.",
+            "recipe's title, 80 % of recipes less the validation recipes.",
             metadata=zone_object(TRAIN_PAIRS_KEY),
             kinds={"pandas", "csv", "s3"},
             owners=OWNERS,
@@ -78,6 +85,14 @@ def _progress(context, what: str):
             description="Held-out pairs of the other 20 % of recipes (no recipe on both sides). M0 and every M1 "
             "are evaluated on exactly these.",
             metadata=zone_object(TEST_PAIRS_KEY),
+            kinds={"pandas", "csv", "s3"},
+            owners=OWNERS,
+            code_version=CODE_VERSION,
+        ),
+        "validation_pairs_positive": dg.AssetOut(
+            description="Validation pairs: 10 % of the training recipes, held out of training (no augmentation) "
+            "for per-epoch validation, early stopping and choosing among runs. Never the test set.",
+            metadata=zone_object(VALIDATION_PAIRS_KEY),
             kinds={"pandas", "csv", "s3"},
             owners=OWNERS,
             code_version=CODE_VERSION,
@@ -106,6 +121,7 @@ def positive_pairs(
     result = read_positive_pairs(
         store,
         test_size=config.test_size,
+        validation_fraction=config.validation_fraction,
         seed=config.seed,
         min_caption_chars=config.min_caption_chars,
         max_caption_chars=config.max_caption_chars,
@@ -135,6 +151,8 @@ def positive_pairs(
     }
     yield dg.Output(result.train, "train_pairs_positive", metadata={**counts(result.train), **shared, "preview": preview(result.train)})
     yield dg.Output(result.test, "test_pairs_positive", metadata={**counts(result.test), **shared, "preview": preview(result.test)})
+    yield dg.Output(result.validation, "validation_pairs_positive",
+                    metadata={**counts(result.validation), **shared, "preview": preview(result.validation)})
     yield dg.Output(
         result.quarantine,
         "pairing_quarantine",
@@ -163,9 +181,11 @@ def fine_tuning_images(
     compute: ComputeResource,
     train_pairs_positive: pd.DataFrame,
     test_pairs_positive: pd.DataFrame,
+    validation_pairs_positive: pd.DataFrame,
 ) -> dg.MaterializeResult:
     store = lake.get_lake()
-    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"]]).tolist()
+    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"],
+                      validation_pairs_positive["image_key"]]).tolist()
     stats = copy_images(store, keys, workers=compute.io_workers, progress=_progress(context, "images copied"))
     return dg.MaterializeResult(
         metadata={

@@ -10,17 +10,40 @@ from clipfood_assets.lake.layout import AUGMENTED_IMAGES_PREFIX, FINE_TUNING_ZON
 
 
 def _result(passed: bool, details: dict, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=bool(passed), severity=severity, metadata={"details": dg.MetadataValue.json(details)})
+    """One metadata entry per number (plottable), the rest (examples, lists) as text."""
+    metadata = {}
+    for name, value in details.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            metadata[name] = dg.MetadataValue.text(", ".join(map(str, value)) if isinstance(value, (list, tuple, set))
+                                                   else str(value))
+        else:
+            metadata[name] = round(value, 3) if isinstance(value, float) else value
+    return dg.AssetCheckResult(passed=bool(passed), severity=severity, metadata=metadata)
 
 
 @dg.asset_check(
     asset="test_pairs_positive",
-    additional_ins={"train_pairs_positive": dg.AssetIn()},
+    additional_ins={"train_pairs_positive": dg.AssetIn(), "validation_pairs_positive": dg.AssetIn()},
     blocking=True,
-    description="No recipe is on both sides of the split.",
+    description="No recipe (or image) is in two of train, validation and test.",
 )
-def no_recipe_leakage(test_pairs_positive: pd.DataFrame, train_pairs_positive: pd.DataFrame) -> dg.AssetCheckResult:
-    return _result(*checks.recipe_leakage(train_pairs_positive, test_pairs_positive))
+def no_recipe_leakage(
+    test_pairs_positive: pd.DataFrame, train_pairs_positive: pd.DataFrame, validation_pairs_positive: pd.DataFrame
+) -> dg.AssetCheckResult:
+    passed, details = True, {}
+    for (a, name_a), (b, name_b) in (((train_pairs_positive, "train"), (test_pairs_positive, "test")),
+                                     ((validation_pairs_positive, "validation"), (test_pairs_positive, "test")),
+                                     ((train_pairs_positive, "train"), (validation_pairs_positive, "validation"))):
+        ok, found = checks.recipe_leakage(a, b)
+        passed &= ok
+        details.update({f"{name_a}/{name_b} shared recipes": found["shared_recipes"],
+                        f"{name_a}/{name_b} shared images": found["shared_image_keys"]})
+        if found["examples"]:
+            details[f"{name_a}/{name_b} examples"] = found["examples"]
+    details.update({"train recipes": int(train_pairs_positive["recipe_id"].nunique()),
+                    "validation recipes": int(validation_pairs_positive["recipe_id"].nunique()),
+                    "test recipes": int(test_pairs_positive["recipe_id"].nunique())})
+    return _result(passed, details)
 
 
 @dg.asset_check(asset="train_pairs_positive", blocking=True, description="Every caption has text.")
@@ -35,15 +58,18 @@ def test_captions_not_empty(test_pairs_positive: pd.DataFrame) -> dg.AssetCheckR
 
 @dg.asset_check(
     asset="fine_tuning_images",
-    additional_ins={"train_pairs_positive": dg.AssetIn(), "test_pairs_positive": dg.AssetIn()},
+    additional_ins={"train_pairs_positive": dg.AssetIn(), "test_pairs_positive": dg.AssetIn(),
+                    "validation_pairs_positive": dg.AssetIn()},
     blocking=True,
     description="Every image key named by the pair CSVs exists in the fine-tuning zone.",
 )
 def paired_images_exist(
-    lake: LakeResource, train_pairs_positive: pd.DataFrame, test_pairs_positive: pd.DataFrame
+    lake: LakeResource, train_pairs_positive: pd.DataFrame, test_pairs_positive: pd.DataFrame,
+    validation_pairs_positive: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     existing = {o.key for o in lake.get_lake().list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
-    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"]])
+    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"],
+                      validation_pairs_positive["image_key"]])
     return _result(*checks.missing_keys(keys, existing))
 
 

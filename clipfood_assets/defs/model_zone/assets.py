@@ -108,6 +108,7 @@ def lora_adapters(
     compute: ComputeResource,
     settings: ExperimentSettings,
     augmented_training_pairs: pd.DataFrame,
+    validation_pairs_positive: pd.DataFrame,
 ) -> dg.Output[Bundle]:
     from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
     from clipfood_assets.modeling.config import config_to_yaml
@@ -144,6 +145,7 @@ def lora_adapters(
                 store, FINE_TUNING_ZONE, checkpoints, path, cfg.training.keep_checkpoints
             ),
             log=lambda entry: context.log.info(format_progress(entry)) if _worth_logging(entry) else None,
+            validation_pairs=validation_pairs_positive,
         )
         logs = result.training_logs
         efficiency = {
@@ -177,6 +179,7 @@ def lora_adapters(
                 "lora r": cfg.lora.r,
                 "base model": cfg.model.name,
                 "device": result.device,
+                **_validation_metadata(logs),
                 "learning curve": dg.MetadataValue.md(_learning_curve_md(run_key, logs)),
             },
         )
@@ -184,6 +187,16 @@ def lora_adapters(
         yield output
     # A finished run needs no checkpoints: a re-run trains again (deterministically) from scratch.
     store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
+
+
+def _validation_metadata(logs: dict) -> dict:
+    best = logs.get("best_validation")
+    if not best:
+        return {}
+    return {"validation t2i R@1 (best)": round(float(best["metrics"]["text_to_image"]["R@1"]), 3),
+            "validation i2t R@1 (best)": round(float(best["metrics"]["image_to_text"]["R@1"]), 3),
+            "best epoch": int(best["epoch"]), "adapters kept": str(logs.get("final_adapters", "last")),
+            "stopped early at epoch": int(logs["stopped_early_at_epoch"] or 0)}
 
 
 def _worth_logging(entry: dict) -> bool:

@@ -70,6 +70,16 @@ def _attempts(instance: dg.DagsterInstance, version: str, since: float) -> list:
             >= since]
 
 
+def _deliberate_refusal(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The message of a step that refused on purpose (raised dg.Failure, e.g. the refresh guard):
+    retrying cannot help until the zone changes or a person accepts it."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        data = record.dagster_event.step_failure_data
+        if data.user_failure_data is not None:
+            return data.user_failure_data.description or data.error.message
+    return None
+
+
 @dg.sensor(
     job=refresh_job,
     minimum_interval_seconds=60,
@@ -110,6 +120,9 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
         if last.dagster_run.status != dg.DagsterRunStatus.FAILURE:
             return skip(f"the last refresh for version {fingerprint.version} ended {last.dagster_run.status.value}; "
                         "launch refresh_from_trusted_zone to try again")
+        refusal = _deliberate_refusal(context.instance, last.dagster_run.run_id)
+        if refusal:
+            return skip(f"the refresh for version {fingerprint.version} was refused, not retried: {refusal[:300]}")
         if len(attempts) >= MAX_ATTEMPTS:
             return skip(f"{len(attempts)} refreshes for version {fingerprint.version} failed; fix the cause (see run "
                         f"{last.dagster_run.run_id[:8]}) and launch refresh_from_trusted_zone, or change the zone")
