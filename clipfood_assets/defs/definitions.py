@@ -5,11 +5,19 @@ import dagster as dg
 
 from clipfood_assets.defs.data_zone.assets import augmented_training_pairs, fine_tuning_images, positive_pairs
 from clipfood_assets.defs.data_zone.checks import DATA_ZONE_CHECKS
+from clipfood_assets.defs.exploitation.assets import (
+    exploitation_collections,
+    exploitation_image_embeddings,
+    exploitation_title_embeddings,
+    promoted_model,
+)
+from clipfood_assets.defs.exploitation.checks import EXPLOITATION_CHECKS
+from clipfood_assets.defs.exploitation.jobs import EXPLOITATION_JOBS
 from clipfood_assets.defs.io_manager import ZoneIOManager
 from clipfood_assets.defs.jobs import JOBS
 from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapters, lora_results
 from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
-from clipfood_assets.defs.model_zone.sweeps import sweep_sensor
+from clipfood_assets.defs.model_zone.sweeps import submit_sweep, sweep_sensor
 from clipfood_assets.defs.report.assets import comparison_report
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.defs.trusted_zone.assets import trusted_zone
@@ -24,6 +32,10 @@ ASSETS = [
     lora_adapters,
     lora_results,
     comparison_report,
+    promoted_model,
+    exploitation_image_embeddings,
+    exploitation_title_embeddings,
+    exploitation_collections,
 ]
 
 # Runs by default (Dagster's implicit one starts stopped): a run's adapters bring its M1 numbers,
@@ -53,8 +65,8 @@ def build_resources(lake_dir: str | None = None, base_model: str = "", device: s
 def build_definitions(**resource_overrides) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
-        asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS],
-        jobs=JOBS,
+        asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS, *EXPLOITATION_CHECKS],
+        jobs=[*JOBS, submit_sweep, *EXPLOITATION_JOBS],
         sensors=[trusted_zone_sensor, sweep_sensor, AUTOMATION_SENSOR],
         resources=build_resources(**resource_overrides),
     )

@@ -9,6 +9,7 @@ EXPECTED_ASSETS = {
     "trusted_images": "trusted_zone",
     "train_pairs_positive": "data_zone",
     "test_pairs_positive": "data_zone",
+    "validation_pairs_positive": "data_zone",
     "pairing_quarantine": "data_zone",
     "fine_tuning_images": "data_zone",
     "augmented_training_pairs": "data_zone",
@@ -16,6 +17,10 @@ EXPECTED_ASSETS = {
     "lora_adapters": "model_zone",
     "lora_results": "model_zone",
     "comparison_report": "report",
+    "promoted_model": "exploitation_zone",
+    "exploitation_image_embeddings": "exploitation_zone",
+    "exploitation_title_embeddings": "exploitation_zone",
+    "exploitation_collections": "exploitation_zone",
 }
 
 
@@ -36,10 +41,10 @@ def test_lineage_follows_the_seed():
     specs = _specs()
     deps = {k: {d.asset_key.to_user_string() for d in s.deps} for k, s in specs.items()}
     assert deps["train_pairs_positive"] == {"trusted_recipes", "trusted_images"}
-    assert deps["fine_tuning_images"] == {"train_pairs_positive", "test_pairs_positive"}
+    assert deps["fine_tuning_images"] == {"train_pairs_positive", "test_pairs_positive", "validation_pairs_positive"}
     assert deps["augmented_training_pairs"] == {"fine_tuning_images", "train_pairs_positive"}
     assert deps["baseline_results"] == {"fine_tuning_images", "test_pairs_positive"}
-    assert deps["lora_adapters"] == {"fine_tuning_images", "augmented_training_pairs"}
+    assert deps["lora_adapters"] == {"fine_tuning_images", "augmented_training_pairs", "validation_pairs_positive"}
     assert deps["lora_results"] == {"lora_adapters", "test_pairs_positive", "baseline_results"}
     assert deps["comparison_report"] == {"lora_results", "baseline_results"}
 
