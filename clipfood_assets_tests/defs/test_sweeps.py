@@ -49,3 +49,19 @@ def test_a_bad_sweep_file_is_refused_with_its_reason_and_registers_nothing(tmp_p
     result, _ = _tick(tmp_path, dg.DagsterInstance.ephemeral())
     assert isinstance(result, dg.SkipReason) and "lora.rank" in result.skip_message and "bad.yaml" in result.skip_message
     assert not lake.exists(FINE_TUNING_ZONE, run_config_key("bad-rank4"))
+
+
+def test_a_sweep_submitted_from_the_launchpad_is_validated_and_stored(tmp_path):
+    from clipfood_assets.defs.definitions import build_definitions
+
+    defs = build_definitions(lake_dir=str(tmp_path / "lake"), base_model="/m")
+    job = defs.resolve_job_def("submit_sweep")
+    text = "name: ui\ngrid:\n  lora.r: [4, 8]\n"
+    result = job.execute_in_process(run_config={"ops": {"store_sweep": {"config": {"sweep_yaml": text}}}})
+    assert result.success
+    assert LocalLake(tmp_path / "lake").get_bytes(FINE_TUNING_ZONE, sweep_key("ui")).decode() == text
+    bad = job.execute_in_process(run_config={"ops": {"store_sweep": {"config": {"sweep_yaml": "grid: {lora.rank: [4]}"}}}},
+                                 raise_on_error=False)
+    assert not bad.success
+    failure = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert "lora.rank" in failure.description

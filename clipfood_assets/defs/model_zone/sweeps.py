@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from clipfood_assets.defs.jobs import train_run_job
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
@@ -91,3 +92,41 @@ def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settin
         return dg.SkipReason("; ".join(problems)[:1000] or "every point of the changed sweep(s) is trained already")
     return dg.SensorResult(run_requests=requests,
                            dynamic_partitions_requests=[experiment_runs.build_add_request(partitions)])
+
+
+class SweepSubmission(dg.Config):
+    sweep_yaml: str = Field(
+        description="The sweep file's text: name, base (overrides for every point), and grid (config key -> list "
+        "of values) or runs (a list of overrides). See configs/sweeps/demo_rank_lr.yaml."
+    )
+
+
+@dg.op(description="Validates a sweep and stores it in the lake, where the sweep_sensor launches its runs.")
+def store_sweep(context: dg.OpExecutionContext, config: SweepSubmission, lake: LakeResource,
+                settings: ExperimentSettings) -> None:
+    import yaml
+
+    from clipfood_assets.lake.layout import sweep_key
+
+    try:
+        spec = yaml.safe_load(config.sweep_yaml)
+    except yaml.YAMLError as exc:
+        raise dg.Failure(description=f"sweep_yaml: not valid YAML: {exc}", allow_retries=False) from None
+    if not isinstance(spec, dict):
+        raise dg.Failure(description="sweep_yaml: a sweep is a mapping (name, base, grid or runs)",
+                         allow_retries=False)
+    try:
+        sweep = load_sweep(spec, settings.experiment_config_path(), settings.resolve_base_model(),
+                           name=str(spec.get("name") or "sweep"))
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    store = lake.get_lake()
+    store.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), config.sweep_yaml.encode("utf-8"), "application/yaml")
+    context.log.info(f"sweep {sweep.name}: {len(sweep.points)} runs ({', '.join(sweep.run_keys)}) stored; the "
+                     "sweep_sensor launches them within a minute")
+
+
+@dg.job(description="Submit a sweep from the launchpad: paste the sweep YAML; the sweep_sensor then registers one "
+        "experiment run per point and launches them.")
+def submit_sweep():
+    store_sweep()
