@@ -46,3 +46,21 @@ def test_every_variable_is_in_env_example_and_no_secret_is_committed():
     assert used <= set(example), used - set(example)
     assert all(("change-me" in v) for k, v in example.items() if "PASSWORD" in k or "SECRET" in k)
     assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().split()
+
+
+def test_the_chroma_server_is_the_index_the_dagster_services_use():
+    from clipfood_assets.exploitation.index import CHROMA_URL_ENV, index_location_from_env
+    from clipfood_assets.lake.layout import EXPLOITATION_ZONE
+
+    services = _compose()["services"]
+    chroma = services["chroma"]
+    assert chroma["image"].startswith("chromadb/chroma:1.")  # the client is chromadb>=1,<2
+    assert "8000:8000" in chroma["ports"] and "healthcheck" in chroma
+    assert any(volume.endswith(":/data") for volume in chroma["volumes"])
+    assert str(chroma["environment"]["ANONYMIZED_TELEMETRY"]).lower() == "false"
+    assert f"lake/{EXPLOITATION_ZONE}" in services["create-buckets"]["entrypoint"]
+    for name in ("dagster-webserver", "dagster-daemon"):
+        env = services[name]["environment"]
+        location = index_location_from_env({CHROMA_URL_ENV: env[CHROMA_URL_ENV]})
+        assert location.url == "http://chroma:8000" and location.path is None
+        assert services[name]["depends_on"]["chroma"]["condition"] == "service_healthy"
