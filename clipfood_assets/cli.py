@@ -466,6 +466,7 @@ def promote_and_index(run_key: str | None = None, allow_unsupported: bool = Fals
 
 
 def print_exploitation(outcome: dict) -> None:
+    """What promote_and_index did, for a person: the promotion (or why none), the index, how to search."""
     promotion = outcome["promotion"]
     if promotion is not None:
         print(f"promoted: run {promotion.run_key} ({promotion.promotion_id}{', unchanged' if promotion.reused else ''})"
