@@ -330,15 +330,16 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = DEV_STOP_GRACE_S
     except ProcessLookupError:
         return proc.wait()
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _group_alive(proc.pid):
+    while time.monotonic() < deadline and process_group_alive(proc.pid):
         proc.poll()  # reap the leader, or its zombie keeps the group alive
         time.sleep(0.2)
-    if _group_alive(proc.pid):
+    if process_group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
 
 
-def _group_alive(pgid: int) -> bool:
+def process_group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` still exists."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

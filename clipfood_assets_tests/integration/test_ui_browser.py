@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from clipfood_assets.cli import process_group_alive
 from clipfood_assets.paths import PROJECT_ROOT
 from clipfood_assets_tests.integration.dagster_client import REPOSITORY, Dagster, free_port
 
@@ -220,7 +221,7 @@ def test_a_newcomer_adds_a_run_in_the_ui_and_the_report_follows(clipfood_dev, br
     os.kill(proc.pid, signal.SIGTERM)
     started = time.monotonic()
     _wait("clipfood dev to exit", lambda: proc.poll() is not None, 15, 0.2)
-    _wait("every process of clipfood dev to stop", lambda: not any(_group_alive(g) for g in groups), 15, 0.2)
+    _wait("every process of clipfood dev to stop", lambda: not any(process_group_alive(g) for g in groups), 15, 0.2)
     assert time.monotonic() - started < 10, log_path.read_text(errors="replace")[-2000:]
 
 
@@ -228,10 +229,3 @@ def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(child) for child in text.split()]
 
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
