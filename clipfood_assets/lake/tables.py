@@ -51,6 +51,17 @@ COLUMN_TYPES: Mapping[str, str] = {
     "m0_rank": "Int64",
     "m1_rank": "Int64",
     "rank_change": "Int64",
+    # exploitation-zone embedding indexes and their quarantine: kept as text, as they are compared
+    # with listings' ETags and sizes as written (exploitation/embeddings.py)
+    "item_id": TEXT,
+    "object_key": TEXT,
+    "etag": TEXT,
+    "title": TEXT,
+    "size_bytes": TEXT,
+    "width": TEXT,
+    "height": TEXT,
+    "shard": TEXT,
+    "row": TEXT,
     # metric tables (name, value)
     "metric": TEXT,
     "value": "float64",
