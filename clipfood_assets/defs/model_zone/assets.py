@@ -94,12 +94,14 @@ class LoraRunConfig(dg.Config):
     deps=["fine_tuning_images"],
     pool="gpu",
     metadata=zone_artifact(RUN_PREFIX),
-    description="M1 training for one experiment run: peft LoRA on both CLIP towers, contrastive loss over the whole "
-    "effective batch with same-recipe masking and the labelled negatives. Writes config.yaml (the resolved config), "
-    "adapters/ (safetensors) and training_logs.json; checkpoints in the lake let an interrupted run resume.",
+    description="M1 training for one experiment run: peft LoRA (or the configured peft.method) on both CLIP towers, "
+    "contrastive loss over the whole effective batch with same-recipe masking and the labelled negatives, validation "
+    "on the validation recipes every epoch (early stopping optional; the best epoch's adapters kept). Writes "
+    "config.yaml (the resolved config), adapters/ (safetensors) and training_logs.json; checkpoints in the lake let an "
+    "interrupted run resume.",
     kinds={"pytorch", "peft", "safetensors", "s3"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",  # 2: validation every epoch, the best epoch's adapters kept
 )
 def lora_adapters(
     context: dg.AssetExecutionContext,
@@ -209,8 +211,11 @@ def _learning_curve_md(run_key: str, logs: dict) -> str:
     from clipfood_assets.reporting.figures import learning_curves_png
     from clipfood_assets.reporting.plotting import run_colors
 
+    from clipfood_assets.reporting.markdown import FIGURES
+
     png = learning_curves_png({run_key: RunArtifacts(results={}, training_logs=logs)}, run_colors([run_key]))
-    return f"![Training loss and temperature per step]({Report(files={'curve.png': png}).figure_data_uri('curve.png')})"
+    uri = Report(files={"learning_curves.png": png}).figure_data_uri("learning_curves.png")
+    return f"![{FIGURES['learning_curves.png']}]({uri})"
 
 
 @dg.asset(
@@ -222,7 +227,7 @@ def _learning_curve_md(run_key: str, logs: dict) -> str:
     "Follows its run's lora_adapters by itself (automation); a new trusted zone does not re-evaluate old adapters.",
     kinds={"pytorch", "json", "s3"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     # Only a new training of this run re-evaluates it: evaluating old adapters on a new test set could
     # score them on recipes they were trained on.
     automation_condition=dg.AutomationCondition.eager().ignore(
