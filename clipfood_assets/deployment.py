@@ -42,17 +42,22 @@ def _normalise(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def _recorded() -> str:
+def _settings() -> dict:
+    """deployment.yaml as a mapping ({} when absent); ValueError naming the file when malformed."""
     path = deployment_file()
     if not path.is_file():
-        return ""
+        return {}
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc}); fix or delete it") from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get("base_model", ""), str):
-        raise ValueError(f"{path}: expected a mapping with a string 'base_model'")
-    return loaded.get("base_model", "").strip()
+        raise ValueError(f"{path}: expected a mapping with a string 'base_model'; fix or delete it")
+    return loaded
+
+
+def _recorded() -> str:
+    return _settings().get("base_model", "").strip()
 
 
 def platform_base_model(configured: str) -> BaseModel:
@@ -69,12 +74,13 @@ def platform_base_model(configured: str) -> BaseModel:
 
 
 def record_base_model(name: str) -> Path:
-    """Make ``name`` (hub id or folder) the deployment's base model; local folders are stored absolute."""
+    """Make ``name`` (hub id or folder) the deployment's base model; local folders are stored absolute.
+
+    Other settings in the file are kept; a malformed file is a ValueError (never silently replaced).
+    """
     path = deployment_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    current = {}
-    if path.is_file():
-        current = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    current = _settings()
     current["base_model"] = _normalise(name)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("# Written by `clipfood`: settings shared by the CLI, the Dagster UI, daemon and runs.\n"

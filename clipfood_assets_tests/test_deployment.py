@@ -43,3 +43,6 @@ def test_a_malformed_deployment_file_is_a_clear_error(home, content, message):
     with pytest.raises(ValueError, match=message) as error:
         platform_base_model("org/configured")
     assert "deployment.yaml" in str(error.value)
+    with pytest.raises(ValueError, match="fix or delete it"):
+        record_base_model("org/new")
+    assert deployment_file().read_text() == content  # what the person wrote is not thrown away
