@@ -79,10 +79,9 @@ def cmd_synth(args) -> None:
 
 def cmd_base_model(args) -> None:
     from clipfood_assets.deployment import BASE_MODEL_ENV, platform_base_model, record_base_model
-    from clipfood_assets.modeling.config import load_experiment_config
 
     if args.show:
-        print(platform_base_model(load_experiment_config(EXPERIMENT_CONFIG).model.name).describe())
+        print(platform_base_model().describe())
         return
     if args.use:
         local = Path(args.use).expanduser()
@@ -268,9 +267,11 @@ def cmd_sweep(args) -> None:
     from clipfood_assets.lake import lake_from_env
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, sweep_key
 
-    # Stored in the lake either way: the report's sweep table reads it from there.
+    # Stored in the lake either way (the report's sweep table reads it from there); a sweep run here
+    # goes where the sweep sensor of a running `clipfood dev` does not launch it a second time.
     lake = lake_from_env()
-    lake.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), path.read_bytes(), "application/yaml")
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name, submitted=args.submit), path.read_bytes(),
+                   "application/yaml")
     if args.submit:
         print(f"submitted to {lake.uri(FINE_TUNING_ZONE, sweep_key(sweep.name))}: the sweep_sensor of a running "
               "`clipfood dev` registers the runs and launches them (one training at a time, pool gpu)")
@@ -349,12 +350,11 @@ def process_group_alive(pgid: int) -> bool:
 
 def cmd_dev(args) -> None:
     from clipfood_assets.deployment import platform_base_model
-    from clipfood_assets.modeling.config import load_experiment_config
 
     home = dagster_home()
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
-    base = platform_base_model(load_experiment_config(EXPERIMENT_CONFIG).model.name)
+    base = platform_base_model()
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})\nbase model: {base.describe()}",
           flush=True)
     # Its own process group, so that Ctrl-C / SIGTERM here stops every process it starts, at once.

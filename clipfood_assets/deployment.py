@@ -60,8 +60,9 @@ def _recorded() -> str:
     return _settings().get("base_model", "").strip()
 
 
-def platform_base_model(configured: str) -> BaseModel:
-    """The base model every process uses; ``configured`` is the experiment config's ``model.name``.
+def platform_base_model(configured: str | None = None) -> BaseModel:
+    """The base model every process uses; ``configured`` is the experiment config's ``model.name``
+    (by default that of ``configs/experiment_config.yaml``).
 
     Raises ValueError when ``deployment.yaml`` is malformed.
     """
@@ -70,6 +71,11 @@ def platform_base_model(configured: str) -> BaseModel:
     recorded = _recorded()
     if recorded:
         return BaseModel(_normalise(recorded), str(deployment_file()))
+    if configured is None:
+        from clipfood_assets.modeling.config import load_experiment_config
+        from clipfood_assets.paths import EXPERIMENT_CONFIG
+
+        configured = load_experiment_config(EXPERIMENT_CONFIG).model.name
     return BaseModel(_normalise(configured), "model.name in the experiment config")
 
 

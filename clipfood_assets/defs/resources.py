@@ -70,7 +70,6 @@ class ExperimentSettings(dg.ConfigurableResource):
 
     def resolve_base_model(self) -> str:
         """M0 and M1 share this one base model; a local folder is made absolute."""
-        return self.base_model or platform_base_model(self.configured_model_name()).name
-
-    def configured_model_name(self) -> str:
-        return load_experiment_config(self.experiment_config_path()).model.name
+        if self.base_model:
+            return self.base_model
+        return platform_base_model(load_experiment_config(self.experiment_config_path()).model.name).name

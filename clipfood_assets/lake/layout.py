@@ -46,9 +46,10 @@ def run_prefix(run_key: str) -> str:
 SWEEPS_PREFIX = "experiments/sweeps/"
 
 
-def sweep_key(name: str) -> str:
-    """Where a submitted sweep file lives; the sweep sensor watches this prefix."""
-    return f"{SWEEPS_PREFIX}{validate_run_key(name)}.yaml"
+def sweep_key(name: str, *, submitted: bool = True) -> str:
+    """Where a sweep file lives: submitted ones directly under the prefix (the sweep sensor launches
+    them), ones already run by the CLI under ``ran/`` (kept for the report, never launched again)."""
+    return f"{SWEEPS_PREFIX}{'' if submitted else 'ran/'}{validate_run_key(name)}.yaml"
 
 
 def run_config_key(run_key: str) -> str:

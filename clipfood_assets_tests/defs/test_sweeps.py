@@ -65,3 +65,17 @@ def test_a_sweep_submitted_from_the_launchpad_is_validated_and_stored(tmp_path):
     assert not bad.success
     failure = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.user_failure_data
     assert "lora.rank" in failure.description
+
+
+def test_a_sweep_the_cli_ran_is_never_launched_again_by_the_sensor(tmp_path):
+    # `clipfood sweep FILE` (no --submit) keeps its file under ran/ for the report: a `clipfood dev`
+    # running at the same time must not train the same points a second time.
+    lake = LocalLake(tmp_path / "lake")
+    spec = yaml.safe_dump({"name": "local", "grid": {"lora.r": [4, 8]}}).encode()
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("local", submitted=False), spec)
+    result, _ = _tick(tmp_path, dg.DagsterInstance.ephemeral())
+    assert isinstance(result, dg.SkipReason) and not lake.exists(FINE_TUNING_ZONE, run_config_key("local-r4"))
+    from clipfood_assets.defs.model_zone.sweeps import stored_sweeps
+
+    settings = ExperimentSettings(base_model="/m")
+    assert list(stored_sweeps(lake, settings)) == ["local"]  # ...while the report still shows it

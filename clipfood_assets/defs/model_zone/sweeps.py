@@ -30,7 +30,7 @@ def read_sweep(store: Lake, key: str, settings: ExperimentSettings) -> Sweep:
 
 
 def stored_sweeps(store: Lake, settings: ExperimentSettings, log=None) -> dict[str, Sweep]:
-    """Every valid sweep in the lake by name; invalid ones are logged and left out."""
+    """Every valid sweep in the lake by name (submitted and run by the CLI); invalid ones are logged and left out."""
     sweeps = {}
     for obj in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX):
         if not obj.key.endswith(".yaml"):
@@ -63,7 +63,8 @@ def _already_trained(instance: dg.DagsterInstance, store: Lake, point) -> bool:
 def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: ExperimentSettings):
     store = lake.get_lake()
     seen = json.loads(context.cursor) if context.cursor else {}
-    files = {o.key: o.etag for o in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX) if o.key.endswith(".yaml")}
+    files = {o.key: o.etag for o in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX)
+             if o.key.endswith(".yaml") and "/" not in o.key[len(SWEEPS_PREFIX):]}  # not ran/: run by the CLI
     changed = [key for key, etag in files.items() if seen.get(key) != etag]
     if not changed:
         return dg.SkipReason("no new or changed sweep file")

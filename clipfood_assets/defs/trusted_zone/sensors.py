@@ -63,11 +63,9 @@ def built_from(instance: dg.DagsterInstance) -> str | None:
 
 def _attempts(instance: dg.DagsterInstance, version: str, since: float) -> list:
     """Refresh runs requested for this zone version since the zone entered it, newest first."""
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=refresh_job.name, tags={VERSION_TAG: version}), limit=50)
-    records = {r.dagster_run.run_id: r for r in instance.get_run_records(
-        filters=dg.RunsFilter(run_ids=[run.run_id for run in runs]))} if runs else {}
-    return [records[r.run_id] for r in runs if r.run_id in records and records[r.run_id].create_timestamp.timestamp()
-            >= since]
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=refresh_job.name, tags={VERSION_TAG: version}), limit=50)
+    return [r for r in records if r.create_timestamp.timestamp() >= since]
 
 
 def _deliberate_refusal(instance: dg.DagsterInstance, run_id: str) -> str | None:
