@@ -129,12 +129,21 @@ def write_bundle(lake: Lake, bucket: str, prefix: str, artifact: str, bundle: Bu
             data, ctype = encode(name, value)
             info = lake.put_bytes(bucket, validate_key(prefix + name), data, ctype)
             written.append({"name": name, "size": len(data), "etag": info.etag})
+    return write_manifest(lake, bucket, prefix, artifact, written, bundle.metadata)
+
+
+def write_manifest(
+    lake: Lake, bucket: str, prefix: str, artifact: str, files: list[dict[str, Any]], metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the manifest of files already written under ``prefix`` (each ``{"name", "size", "etag"}``):
+    the commit point of an artifact whose files were written some other way (e.g. incrementally)."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
     manifest = {
         "artifact": artifact,
         "prefix": prefix,
         "written_at": time.time(),
-        "files": written,
-        "metadata": bundle.metadata,
+        "files": list(files),
+        "metadata": metadata,
     }
     data, ctype = encode("manifest.json", manifest)
     lake.put_bytes(bucket, manifest_key(prefix, artifact), data, ctype)

@@ -25,6 +25,8 @@ AUGMENTED_IMAGES_PREFIX = "augmented_images/"
 BASELINE_PREFIX = "experiments/baseline/"
 LORA_PREFIX = "experiments/lora/"
 REPORT_PREFIX = "experiments/report/"
+# Packed uint8 pixels of every fine-tuning image, one folder per preprocessing signature digest.
+PREPROCESSED_IMAGES_PREFIX = "preprocessed_images/"
 
 RUN_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -41,6 +43,16 @@ def validate_run_key(run_key: str) -> str:
 
 def run_prefix(run_key: str) -> str:
     return f"{LORA_PREFIX}run_{validate_run_key(run_key)}/"
+
+
+_SIGNATURE_DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def preprocessed_images_prefix(signature_digest: str) -> str:
+    """`preprocessed_images/<signature digest>/`: the packed image store of one preprocessing."""
+    if not isinstance(signature_digest, str) or not _SIGNATURE_DIGEST.match(signature_digest):
+        raise ValueError(f"invalid preprocessing signature digest {signature_digest!r}: 8-64 lower-case hex digits")
+    return f"{PREPROCESSED_IMAGES_PREFIX}{signature_digest}/"
 
 
 SWEEPS_PREFIX = "experiments/sweeps/"

@@ -44,6 +44,9 @@ COLUMN_TYPES: Mapping[str, str] = {
     "source_etag": TEXT,
     "source_size": "int64",
     "copy_etag": TEXT,
+    # fine-tuning-zone/preprocessed_images/<digest>/index.csv and failures.csv (modeling/image_store.py)
+    "shard_row": "int64",
+    "decoder": TEXT,
     # experiments/report/failure_cases.csv (run keys like "007" are text)
     "run": TEXT,
     "direction": TEXT,
