@@ -22,7 +22,7 @@ from clipfood_assets.data.augment_config import AugmentationConfig
 from clipfood_assets.data.decode import BACKGROUND_RGB, DECODER_VERSION, decode_rgb
 from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images, iter_uint8_batches
 from clipfood_assets.modeling.search import RunSearcher
-from clipfood_assets.modeling.train import ImageCache
+from clipfood_assets.modeling.images import DecodedImages
 from clipfood_assets.reporting.examples_figure import ThumbnailCache
 
 W, H = 96, 80  # larger than the 72 px thumbnail, so no path scales the JPEG decode differently
@@ -194,7 +194,7 @@ def test_training_and_the_tensor_cache_see_the_same_pixels(photo, processor, tmp
     expected = plain.to_uint8(reference)
     blobs = {"photo": data}
     for preprocessor in (plain, cached, cached):  # the second cached call is a cache hit
-        images = ImageCache(blobs.__getitem__, preprocessor, workers=1)
+        images = DecodedImages(blobs.__getitem__, preprocessor, workers=1)
         try:
             assert torch.equal(images.get(["photo"])[0], expected), mode
         finally:

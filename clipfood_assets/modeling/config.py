@@ -8,16 +8,29 @@ back to a default.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "experiment_config.yaml"
 
 LossKind = Literal["clip", "clip_hard_negatives", "siglip"]
+# Micro-batch of batch_size auto off CUDA: the seed's, which a CPU or small GPU holds.
+CPU_MICRO_BATCH = 2
+# Evaluation batch of batch_size auto: large on CUDA (the model's speed), cache-sized elsewhere.
+CUDA_EVAL_BATCH, CPU_EVAL_BATCH = 512, 32
 
 
 class _Section(BaseModel):
@@ -43,8 +56,26 @@ class LoraSettings(_Section):
 
 class TrainingSettings(_Section):
     epochs: int = Field(3, ge=1, le=10_000)
-    batch_size: int = Field(2, ge=1, description="Micro-batch: pairs encoded per forward pass")
-    gradient_accumulation_steps: int = Field(16, ge=1, description="Micro-batches per optimizer step")
+    effective_batch_size: int = Field(
+        32, ge=2, le=1_000_000,
+        description="Pairs per optimizer step: the contrastive batch every pair is contrasted with (the seed's 2 x 16)",
+    )
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="Micro-batch: pairs encoded per forward pass. auto: on CUDA the largest that fits "
+                    "training.memory_fraction of the free device memory (at most the effective batch), "
+                    f"elsewhere {CPU_MICRO_BATCH} (the seed's). The effective batch does not change with it",
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1,
+        description="The seed's way to set the effective batch: batch_size x this (needs an integer batch_size); "
+                    "when given it sets effective_batch_size",
+    )
+    memory_fraction: float = Field(0.7, gt=0.0, le=0.95,
+                                   description="Share of the free CUDA memory batch_size auto may plan for")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the two towers: auto = on CUDA only (CPU runs stay eager)"
+    )
     accumulation: Literal["feature_cache", "per_micro_batch"] = Field(
         "feature_cache",
         description="feature_cache: every pair is contrasted with the whole effective batch; "
@@ -75,13 +106,44 @@ class TrainingSettings(_Section):
         "best", description="best: the adapters of the best validation epoch; last: those of the last epoch"
     )
 
-    @property
-    def effective_batch_size(self) -> int:
-        return self.batch_size * self.gradient_accumulation_steps
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_style_batch(cls, data: Any) -> Any:
+        # batch_size x gradient_accumulation_steps (the seed's keys) sets the effective batch.
+        if isinstance(data, Mapping) and data.get("gradient_accumulation_steps") is not None:
+            micro = data.get("batch_size", "auto")
+            if not isinstance(micro, int) or isinstance(micro, bool):
+                raise ValueError("gradient_accumulation_steps needs an integer batch_size; or set effective_batch_size "
+                                 "and leave batch_size auto")
+            data = {**data, "effective_batch_size": micro * int(data["gradient_accumulation_steps"])}
+        return data
+
+    @model_validator(mode="after")
+    def _micro_fits_effective(self) -> TrainingSettings:
+        if isinstance(self.batch_size, int) and self.batch_size > self.effective_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds effective_batch_size ({self.effective_batch_size})")
+        if self.accumulation == "per_micro_batch" and self.batch_size == "auto":
+            raise ValueError("accumulation per_micro_batch (the seed's ablation) needs an integer batch_size")
+        return self
+
+    def micro_batch_size(self, device_fit: int | None = None) -> int:
+        """Pairs per forward pass: the configured integer, or for ``auto`` ``device_fit`` (the
+        largest micro-batch the device holds; None off CUDA: the seed's 2), balanced so the
+        effective batch splits into equal micro-batches."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        fit = max(1, CPU_MICRO_BATCH if device_fit is None else device_fit)
+        steps = math.ceil(self.effective_batch_size / min(fit, self.effective_batch_size))
+        return math.ceil(self.effective_batch_size / steps)
 
 
 class EvaluationSettings(_Section):
-    batch_size: int = Field(32, ge=1)
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto", description=f"Images or captions per forward pass; auto: {CUDA_EVAL_BATCH} on CUDA, "
+                            f"{CPU_EVAL_BATCH} elsewhere")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the towers for evaluation: auto = on CUDA only"
+    )
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     top_k_examples: int = Field(5, ge=1)
     num_examples: int = Field(10, ge=0)
@@ -92,6 +154,12 @@ class EvaluationSettings(_Section):
         False, description="Decode large JPEGs at a reduced DCT scale (faster; pixels differ by a few levels)"
     )
     num_workers: int = Field(0, ge=0, le=64, description="Image decoding threads (0: chosen from the cores)")
+
+    def batch_size_on(self, device) -> int:
+        """The batch size in effect on ``device`` (a torch.device or its name)."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        return CUDA_EVAL_BATCH if str(device).startswith("cuda") else CPU_EVAL_BATCH
 
     @field_validator("recall_at")
     @classmethod

@@ -10,21 +10,30 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 import PIL
+import torch
 from PIL import Image
 
 from clipfood_assets.data.decode import DECODER_VERSION, decode_rgb
 from clipfood_assets.modeling.clip import autocast_context
-from clipfood_assets.modeling.efficiency import available_cores, peak_memory, reset_peak_memory, synchronize
-from clipfood_assets.modeling.image_cache import ImageCacheOption, ImageTensorCache, resolve_cache_root
+from clipfood_assets.modeling.efficiency import (
+    available_cores,
+    peak_memory,
+    reset_peak_memory,
+    synchronize,
+)
+from clipfood_assets.modeling.image_cache import (
+    ImageCacheOption,
+    ImageTensorCache,
+    resolve_cache_root,
+)
+from clipfood_assets.modeling.images import ImageSource, LoadImage
 
-LoadImage = Callable[[str], bytes]
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
 _PREFETCH_BATCHES = 3
 
@@ -83,6 +92,7 @@ class ImagePreprocessor:
         self._scale = float(scale)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         root = resolve_cache_root(image_cache)
         self.tensor_cache = ImageTensorCache(root, self.signature()) if root is not None else None
 
@@ -146,8 +156,15 @@ class ImagePreprocessor:
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 pixel values [B, 3, H, W] from a uint8 batch (on the batch's device)."""
-        pixels = batch.to(torch.float32) * self._scale
-        return (pixels - self._mean.to(batch.device)) / self._std.to(batch.device)
+        mean, std = self._statistics_on(batch.device)
+        return (batch.to(torch.float32) * self._scale - mean) / std
+
+    def _statistics_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Copied to a device once: a copy per batch from pageable memory waits for the device.
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (self._mean.to(device), self._std.to(device))
+        return self._on_device[key]
 
 
 def iter_uint8_batches(
@@ -186,6 +203,26 @@ def iter_uint8_batches(
             yield torch.stack(batch)
 
 
+def iter_source_batches(keys: Sequence[str], source: ImageSource, *, batch_size: int,
+                        pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """Yield uint8 batches of ``source`` in key order; a thread reads the next batches ahead."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks = [list(keys[i:i + batch_size]) for i in range(0, len(keys), batch_size)]
+
+    def read(chunk: list[str]) -> torch.Tensor:
+        batch = source.get(chunk)
+        return batch.pin_memory() if pin_memory else batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-batches") as pool:
+        pending = deque(pool.submit(read, c) for c in chunks[:_PREFETCH_BATCHES])
+        for index in range(len(chunks)):
+            batch = pending.popleft().result()
+            if index + _PREFETCH_BATCHES < len(chunks):
+                pending.append(pool.submit(read, chunks[index + _PREFETCH_BATCHES]))
+            yield batch
+
+
 def default_decode_workers() -> int:
     """Image decoding threads: one per core (at least 2 so reading overlaps decoding), at most 8."""
     return max(2, min(8, available_cores()))
@@ -206,7 +243,7 @@ def embed_images(
     model,
     processor,
     keys: Sequence[str],
-    load_image: LoadImage,
+    images: ImageSource | LoadImage,
     *,
     batch_size: int,
     device: torch.device | str,
@@ -217,8 +254,10 @@ def embed_images(
 ) -> tuple[np.ndarray, EmbedStats]:
     """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
 
-    ``load_image(key)`` returns the encoded bytes (JPEG/PNG...).  Reading and decoding run in
-    ``workers`` threads ahead of the model.  The time covers the whole path, bytes to embeddings.
+    ``images``: an :class:`~clipfood_assets.modeling.images.ImageSource` (the packed store:
+    batches read ahead in a thread, pinned on CUDA) or ``load_image(key) -> encoded bytes``
+    (JPEG/PNG..., decoded in ``workers`` threads ahead of the model).  The time covers the
+    whole path, source to embeddings.
     ``image_cache``: persistent preprocessed-image cache (None: on unless ``CLIPFOOD_IMAGE_CACHE=0``,
     at ``CLIPFOOD_CACHE_DIR`` or ``.clipfood/cache/images``; False: off; a path: that directory).
     """
@@ -227,9 +266,12 @@ def embed_images(
     reset_peak_memory(device)
     start = time.perf_counter()
     chunks = []
-    for uint8_batch in iter_uint8_batches(
-        keys, load_image, preprocessor, batch_size=batch_size, workers=workers or default_decode_workers()
-    ):
+    if isinstance(images, ImageSource):
+        batches = iter_source_batches(keys, images, batch_size=batch_size, pin_memory=device.type == "cuda")
+    else:
+        batches = iter_uint8_batches(keys, images, preprocessor, batch_size=batch_size,
+                                     workers=workers or default_decode_workers())
+    for uint8_batch in batches:
         pixels = preprocessor.normalize(uint8_batch.to(device, non_blocking=True))
         with autocast_context(device, precision):
             features = model.get_image_features(pixel_values=pixels).pooler_output

@@ -13,17 +13,18 @@ paired bootstrap.  Ranking is one matrix product and one vectorized pass (metric
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from clipfood_assets.modeling.clip import describe_device
-from clipfood_assets.modeling.config import ExperimentConfig
+from clipfood_assets.modeling.clip import describe_device, resolve_precision
+from clipfood_assets.modeling.config import EvaluationSettings, ExperimentConfig
 from clipfood_assets.modeling.efficiency import configure_cpu_threads
 from clipfood_assets.modeling.embed import embed_images, embed_texts
+from clipfood_assets.modeling.images import ImageSource, LoadImage
 from clipfood_assets.modeling.metrics import (
     TIE_POLICY,
     bootstrap_ci,
@@ -133,18 +134,33 @@ class _Ranked:
     text_stats: object
 
 
-def _rank(model, processor, sets: RetrievalSets, load_image, *, cfg: ExperimentConfig, device, workers=None) -> _Ranked:
+def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.device | str):
+    """``model`` (owned by the evaluation) made fast on ``device``: on CUDA in bf16 its
+    weights are cast to bf16 in place and, with ``evaluation.compile``, its towers compiled."""
+    device = torch.device(device)
+    if device.type == "cuda" and resolve_precision(device, evaluation.precision) == "bf16":
+        model.to(torch.bfloat16)
+    if evaluation.compile == "on" or (evaluation.compile == "auto" and device.type == "cuda"):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for tower in (base.vision_model, base.text_model):
+            tower.compile()
+    return model
+
+
+def _rank(model, processor, sets: RetrievalSets, images: ImageSource | LoadImage, *, cfg: ExperimentConfig, device,
+          workers=None) -> _Ranked:
     """Embed both sides once and rank: first-hit ranks of every query, both directions."""
     evaluation = cfg.evaluation
     configure_cpu_threads(device)
+    batch_size = evaluation.batch_size_on(device)
     image_emb, image_stats = embed_images(
-        model, processor, sets.image_keys.tolist(), load_image, batch_size=evaluation.batch_size,
+        model, processor, sets.image_keys.tolist(), images, batch_size=batch_size,
         device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
         fast_jpeg_decode=evaluation.fast_jpeg_decode,
     )
     texts = sets.unique_texts
     text_emb, text_stats = embed_texts(
-        model, processor, texts, batch_size=evaluation.batch_size, device=device, precision=evaluation.precision,
+        model, processor, texts, batch_size=batch_size, device=device, precision=evaluation.precision,
     )
     row_of_text = {text: i for i, text in enumerate(texts)}
     caption_emb = text_emb[[row_of_text[t] for t in sets.caption_texts]]
@@ -160,12 +176,12 @@ def _rank(model, processor, sets: RetrievalSets, load_image, *, cfg: ExperimentC
 
 
 def validation_metrics(
-    model, processor, pairs: pd.DataFrame, load_image: Callable[[str], bytes], *, cfg: ExperimentConfig, device,
+    model, processor, pairs: pd.DataFrame, images: ImageSource | LoadImage, *, cfg: ExperimentConfig, device,
 ) -> dict[str, dict[str, float]]:
     """Recipe-level R@K / MRR / ranks both ways on ``pairs`` (same protocol as the test evaluation,
     no bootstrap): ``{"text_to_image": {"R@1": …}, "image_to_text": {…}}``. For per-epoch validation."""
     sets = RetrievalSets(pairs)
-    ranked = _rank(model, processor, sets, load_image, cfg=cfg, device=device)
+    ranked = _rank(model, processor, sets, images, cfg=cfg, device=device)
     return {d: summarize_ranks(ranked.ranks[d], cfg.evaluation.recall_at) for d in DIRECTIONS}
 
 
@@ -173,7 +189,7 @@ def evaluate_retrieval(
     model,
     processor,
     test_pairs: pd.DataFrame,
-    load_image: Callable[[str], bytes],
+    images: ImageSource | LoadImage,
     *,
     cfg: ExperimentConfig,
     device: torch.device | str,
@@ -185,18 +201,21 @@ def evaluate_retrieval(
 
     ``parameter_counts`` = (trainable, total) to report; by default counted on ``model``
     (a merged LoRA model then reports 0 trainable: pass the training run's counts).
+    ``images``: the packed store or an encoded-bytes loader (see :func:`embed_images`).  The
+    evaluation owns ``model``: on CUDA it is cast and compiled (:func:`prepare_for_inference`).
     """
     from clipfood_assets.modeling.lora import count_parameters
 
     evaluation = cfg.evaluation
     sets = RetrievalSets(test_pairs)
-    ranked = _rank(model, processor, sets, load_image, cfg=cfg, device=device, workers=workers)
+    trainable, total = parameter_counts if parameter_counts is not None else count_parameters(model)
+    model = prepare_for_inference(model, evaluation, device)
+    ranked = _rank(model, processor, sets, images, cfg=cfg, device=device, workers=workers)
     ranks, image_stats, text_stats = ranked.ranks, ranked.image_stats, ranked.text_stats
     t2i_similarity, i2t_similarity = ranked.t2i_similarity, ranked.i2t_similarity
     queries = {"text_to_image": sets.query_recipes.tolist(), "image_to_text": sets.image_keys.tolist()}
 
     ks = evaluation.recall_at
-    trainable, total = parameter_counts if parameter_counts is not None else count_parameters(model)
     peak = max((image_stats, text_stats), key=lambda s: s.peak_memory_bytes)
     results = {
         "model": label,

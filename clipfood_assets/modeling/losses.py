@@ -23,10 +23,27 @@ LOSS_KINDS = ("clip", "clip_hard_negatives", "siglip")
 DEFAULT_SIGLIP_BIAS = -10.0
 
 
+def _is_code_tensor(ids: Any) -> bool:
+    return torch.is_tensor(ids) and not ids.is_floating_point() and ids.dtype != torch.bool
+
+
 def _recipe_codes(
     recipe_ids: Any, negative_recipe_ids: Any, n_pairs: int, n_negatives: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes of recipe ids shared by pairs and labelled negatives (unknown = unique)."""
+    """Integer codes of recipe ids shared by pairs and labelled negatives (unknown = unique).
+
+    Integer tensors are taken as codes already (the training loop's, equal ids equal codes):
+    copied to ``device`` without a host sync, no per-step string work."""
+    if _is_code_tensor(recipe_ids) and (negative_recipe_ids is None or _is_code_tensor(negative_recipe_ids)):
+        if recipe_ids.shape != (n_pairs,):
+            raise ValueError(f"recipe_ids must have one id per pair ({n_pairs}), got shape {tuple(recipe_ids.shape)}")
+        pair_codes = recipe_ids.to(device, non_blocking=True)
+        if negative_recipe_ids is None:
+            return pair_codes, torch.full((n_negatives,), -1, dtype=torch.long, device=device)
+        if negative_recipe_ids.shape != (n_negatives,):
+            raise ValueError(f"negative_recipe_ids must have {n_negatives} ids, got shape "
+                             f"{tuple(negative_recipe_ids.shape)}")
+        return pair_codes, negative_recipe_ids.to(device, non_blocking=True)
     pair_ids = np.asarray(recipe_ids.cpu() if torch.is_tensor(recipe_ids) else recipe_ids, dtype=object)
     if pair_ids.shape != (n_pairs,):
         raise ValueError(f"recipe_ids must have one id per pair ({n_pairs}), got shape {pair_ids.shape}")

@@ -1,12 +1,16 @@
 """LoRA fine-tuning of CLIP on positive pairs, with labelled negatives and resumable checkpoints.
 
-One optimizer step sees ``batch_size x gradient_accumulation_steps`` positive pairs; with
-``training.accumulation = feature_cache`` every pair is contrasted with all the others
-(:class:`~clipfood_assets.modeling.losses.FeatureCacheAccumulator`), pairs of the same
-recipe are not negatives, and the labelled negative captions of the batch's images join
-the image->text denominator.  Images are decoded once per run into a uint8 cache by a
-thread pool that runs ahead of the loop, and kept on disk across runs
-(:mod:`clipfood_assets.modeling.image_cache`), so a later or resumed run reads tensors.  A run resumes from the latest complete
+One optimizer step sees ``training.effective_batch_size`` positive pairs, all contrasted
+with each other: pairs of the same recipe are not negatives, and the labelled negative
+captions of the batch's images join the image->text denominator.  A step is encoded in
+micro-batches of ``training.batch_size`` (auto: the largest that fits the device); only when
+a step needs more than one does the feature cache replay them
+(:class:`~clipfood_assets.modeling.losses.FeatureCacheAccumulator`).
+
+On CUDA the frozen base is held in bf16 with fp32 adapters, the towers are compiled, the
+images of the run sit on the device as uint8 when they fit, and the loop never waits on the
+host: losses are read back every :data:`LOG_EVERY` steps, the next step's data is built in
+a thread (:mod:`clipfood_assets.modeling.batching`).  A run resumes from the latest complete
 checkpoint in ``work_dir/checkpoints`` and ends with the same weights as an uninterrupted run.
 Under ``torchrun`` each process encodes a slice of every step and contrasts against the
 gathered global batch (:mod:`clipfood_assets.modeling.distributed`): same result as one process.
@@ -16,24 +20,44 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from transformers import get_scheduler
 
-from clipfood_assets.modeling.checkpoint import latest_checkpoint, load_best_weights, load_checkpoint, save_checkpoint
-from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip, resolve_precision
-from clipfood_assets.modeling.config import ExperimentConfig
+from clipfood_assets.modeling.batching import (
+    MicroBatch,
+    Step,
+    StepBuilder,
+    StepPrefetcher,
+    StepSharding,
+    TokenCache,
+    TrainingPairs,
+    epoch_batches,
+    prepare_training_pairs,
+)
+from clipfood_assets.modeling.checkpoint import (
+    latest_checkpoint,
+    load_best_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
+from clipfood_assets.modeling.clip import (
+    autocast_context,
+    describe_device,
+    load_clip,
+    resolve_precision,
+)
+from clipfood_assets.modeling.config import ExperimentConfig, TrainingSettings
 from clipfood_assets.modeling.distributed import (
     DistributedWorld,
     assert_same_on_all_ranks,
@@ -41,18 +65,14 @@ from clipfood_assets.modeling.distributed import (
     broadcast_parameters,
     gather_contrastive_batch,
     local_micro_batch_size,
-    shard_bounds,
 )
-from clipfood_assets.modeling.efficiency import configure_cpu_threads, peak_memory, reset_peak_memory
+from clipfood_assets.modeling.efficiency import (
+    configure_cpu_threads,
+    peak_memory,
+    reset_peak_memory,
+)
 from clipfood_assets.modeling.embed import ImagePreprocessor, text_max_length
-from clipfood_assets.modeling.image_cache import ImageCacheOption
-from clipfood_assets.modeling.losses import (
-    FeatureCacheAccumulator,
-    accumulate_per_micro_batch,
-    clamp_logit_scale_,
-    contrastive_loss,
-    negatives_per_pair,
-)
+from clipfood_assets.modeling.images import DecodedImages, ImageSource, LoadImage
 from clipfood_assets.modeling.lora import (
     apply_lora,
     check_quantization,
@@ -61,10 +81,22 @@ from clipfood_assets.modeling.lora import (
     logit_scale_parameter,
     save_adapters,
 )
+from clipfood_assets.modeling.losses import (
+    FeatureCacheAccumulator,
+    accumulate_per_micro_batch,
+    clamp_logit_scale_,
+    contrastive_loss,
+)
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN_RECIPE = "\x00unknown"  # recipe of a negative caption that matches no positive caption
+# Steps between read-backs of the losses on CUDA (each read-back waits for the device).
+LOG_EVERY = 25
+# Share of the free CUDA memory the run's uint8 images may take to live on the device.
+RESIDENT_IMAGES_FRACTION = 0.25
+# Pairs in the memory probe of batch_size auto.
+_PROBE_PAIRS = 32
+_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 @dataclass
@@ -82,225 +114,33 @@ class TrainResult:
     device: str
 
 
-# --------------------------------------------------------------------------- data
-
-
 @dataclass
-class TrainingPairs:
-    """Positive pairs (the contrastive batch) and the labelled negative captions of each image."""
+class TrainState:
+    """Where a run stands: saved with every checkpoint (as JSON) and restored on resume."""
 
-    recipe_ids: np.ndarray
-    image_keys: np.ndarray
-    captions: np.ndarray
-    negatives_by_image: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    fingerprint: str = ""
+    step: int = 0
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # steps of the current epoch finished
+    elapsed_s: float = 0.0  # training-step wall time (validation and checkpoints excluded)
+    pairs_seen: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
+    epoch_time_s: float = 0.0
+    negatives_sum: float = 0.0
+    logs: dict = field(default_factory=lambda: {"steps": [], "epochs": [], "validation": []})
+    resumed_from_step: int | None = None
+    best: dict | None = None  # the best validation so far: epoch, step, score, metrics
+    evals_since_best: int = 0
+    stopped_early_at_epoch: int | None = None
 
-    def __len__(self) -> int:
-        return len(self.recipe_ids)
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for column in (self.recipe_ids, self.image_keys, self.captions):
-            digest.update("\x1f".join(column.tolist()).encode("utf-8"))
-        for key in sorted(self.negatives_by_image):
-            digest.update(repr((key, self.negatives_by_image[key])).encode("utf-8"))
-        return digest.hexdigest()
-
-
-def prepare_training_pairs(train_pairs: pd.DataFrame, *, use_labelled_negatives: bool = True) -> TrainingPairs:
-    """Split labelled rows into positives (label 1) and per-image negative captions (label 0).
-
-    A negative caption's recipe is taken from a ``caption_recipe_id`` / ``negative_recipe_id``
-    column when present, else from the positive pair with the same caption; negatives that
-    turn out to be the image's own recipe are dropped (they are not negatives).
-    """
-    missing = {"recipe_id", "image_key", "caption"} - set(train_pairs.columns)
-    if missing:
-        raise ValueError(f"training pairs lack columns {sorted(missing)}")
-    frame = train_pairs.dropna(subset=["recipe_id", "image_key", "caption"])
-    frame = frame.assign(recipe_id=frame["recipe_id"].astype(str), image_key=frame["image_key"].astype(str),
-                         caption=frame["caption"].astype(str))
-    if "label" in frame.columns:
-        labels = pd.to_numeric(frame["label"], errors="coerce")
-        if labels.isna().any() or not labels.isin([0, 1]).all():
-            bad = frame["label"][labels.isna() | ~labels.isin([0, 1])].head(3).tolist()
-            raise ValueError(f"label must be 0 or 1, got {bad}")
-    else:
-        labels = pd.Series(1, index=frame.index)
-    positives = frame[labels == 1].drop_duplicates(["recipe_id", "image_key", "caption"])
-    positives = positives.sort_values(["recipe_id", "image_key", "caption"], kind="stable")
-    if len(positives) < 2:
-        raise ValueError(f"need at least 2 positive pairs to train contrastively, got {len(positives)}")
-
-    negatives_by_image: dict[str, list[tuple[str, str]]] = {}
-    negatives = frame[labels == 0]
-    if use_labelled_negatives and not negatives.empty:
-        recipe_column = next((c for c in ("caption_recipe_id", "negative_recipe_id") if c in negatives.columns), None)
-        if recipe_column is not None:
-            caption_recipes = negatives[recipe_column].astype(str)
-        else:
-            owners = positives.drop_duplicates("caption").set_index("caption")["recipe_id"]
-            shared = positives.groupby("caption")["recipe_id"].nunique()
-            owners = owners[shared[owners.index] == 1]  # a caption of several recipes identifies none
-            caption_recipes = negatives["caption"].map(owners).fillna(UNKNOWN_RECIPE)
-        image_recipe = positives.drop_duplicates("image_key").set_index("image_key")["recipe_id"]
-        own_recipe = negatives["image_key"].map(image_recipe).fillna(negatives["recipe_id"])
-        kept = negatives.assign(caption_recipe=caption_recipes)[caption_recipes.to_numpy() != own_recipe.to_numpy()]
-        kept = kept[kept["image_key"].isin(image_recipe.index)].drop_duplicates(["image_key", "caption"])
-        for key, group in kept.sort_values(["image_key", "caption"], kind="stable").groupby("image_key", sort=True):
-            negatives_by_image[str(key)] = list(zip(group["caption"], group["caption_recipe"], strict=True))
-    return TrainingPairs(
-        recipe_ids=positives["recipe_id"].to_numpy(dtype=object),
-        image_keys=positives["image_key"].to_numpy(dtype=object),
-        captions=positives["caption"].to_numpy(dtype=object),
-        negatives_by_image=negatives_by_image,
-    )
-
-
-def epoch_batches(n_pairs: int, batch: int, seed: int, epoch: int, min_pairs: int = 2) -> list[np.ndarray]:
-    """Pair indices of each optimizer step of ``epoch``: a seeded permutation cut into batches.
-
-    A trailing batch of fewer than ``min_pairs`` pairs is dropped (one pair has no negative
-    to learn from; N processes need at least one pair each).
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n_pairs)
-    batches = [order[i:i + batch] for i in range(0, n_pairs, batch)]
-    return [b for b in batches if len(b) >= max(2, min_pairs)]
-
-
-@dataclass
-class MicroBatch:
-    pixels: torch.Tensor  # uint8 [m, 3, H, W]
-    text_ids: torch.Tensor  # [m + n, L]: the m positive captions, then n labelled negatives
-    text_mask: torch.Tensor
-    n_pairs: int
-    recipe_ids: list[str]
-    negative_recipe_ids: list[str]
-
-
-class ImageCache:
-    """uint8 images decoded once per run by a thread pool, submitted in the order first needed."""
-
-    def __init__(self, load_image: Callable[[str], bytes], preprocessor: ImagePreprocessor, workers: int) -> None:
-        self._load = load_image
-        self._preprocessor = preprocessor
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train-image")
-        self._futures: dict[str, Future] = {}
-
-    def _decode(self, key: str) -> torch.Tensor:
-        try:
-            return self._preprocessor.to_uint8(self._load(key))
-        except Exception as exc:
-            raise ValueError(f"cannot read training image {key!r}: {exc}") from exc
-
-    def prefetch(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            if key not in self._futures:
-                self._futures[key] = self._pool.submit(self._decode, key)
-
-    def get(self, keys: Sequence[str]) -> torch.Tensor:
-        self.prefetch(keys)
-        return torch.stack([self._futures[k].result() for k in keys])
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-class TokenCache:
-    """Token ids of every caption, computed once; batches are padded to their longest caption."""
-
-    def __init__(self, tokenizer, captions: Sequence[str], max_length: int) -> None:
-        unique = list(dict.fromkeys(captions))
-        encoded = tokenizer(unique, padding=False, truncation=True, max_length=max_length)["input_ids"]
-        self._ids = dict(zip(unique, encoded, strict=True))
-        pad = tokenizer.pad_token_id
-        self._pad = int(pad if pad is not None else tokenizer.eos_token_id)
-
-    def batch(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self._ids[c] for c in captions]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return ids, mask
-
-
-def _micro_batches(
-    batch: np.ndarray, pairs: TrainingPairs, micro: int, images: ImageCache, tokens: TokenCache, with_negatives: bool,
-    seen_images: set[str] | None = None,
-) -> list[MicroBatch]:
-    """Cut one step's pairs into micro-batches; each image's negatives go with its first occurrence.
-
-    ``seen_images``: images of the step met before ``batch`` (other processes' earlier slices).
-    """
-    seen_images = set(seen_images or ())
-    out = []
-    for start in range(0, len(batch), micro):
-        idx = batch[start:start + micro]
-        keys = [str(k) for k in pairs.image_keys[idx]]
-        captions = [str(c) for c in pairs.captions[idx]]
-        negative_captions, negative_recipes = [], []
-        if with_negatives:
-            for key in keys:
-                if key in seen_images:
-                    continue
-                seen_images.add(key)
-                for caption, recipe in pairs.negatives_by_image.get(key, ()):
-                    negative_captions.append(caption)
-                    negative_recipes.append(recipe)
-        ids, mask = tokens.batch(captions + negative_captions)
-        out.append(MicroBatch(images.get(keys), ids, mask, len(idx), [str(r) for r in pairs.recipe_ids[idx]],
-                              negative_recipes))
-    return out
-
-
-def _step_negative_recipes(batch: np.ndarray, pairs: TrainingPairs) -> list[str]:
-    """Recipes of the step's labelled negatives, each image's with its first occurrence."""
-    seen: set[str] = set()
-    recipes: list[str] = []
-    for key in pairs.image_keys[batch]:
-        if key not in seen:
-            seen.add(key)
-            recipes.extend(recipe for _, recipe in pairs.negatives_by_image.get(key, ()))
-    return recipes
-
-
-@dataclass(frozen=True)
-class _StepSharding:
-    """Which pairs of each global step this process encodes (all of them in one process)."""
-
-    world: DistributedWorld
-    micro_batch: int  # pairs per forward pass in this process
-
-    def local(self, batch: np.ndarray) -> np.ndarray:
-        """This process's contiguous slice of ``batch`` (slices in rank order make the batch)."""
-        start, stop = shard_bounds(len(batch), self.world.rank, self.world.world_size)
-        return batch[start:stop]
-
-    def images_before(self, batch: np.ndarray, pairs: TrainingPairs) -> set[str]:
-        """Images of ``batch`` in earlier processes' slices (their negatives are theirs)."""
-        start, _ = shard_bounds(len(batch), self.world.rank, self.world.world_size)
-        return {str(k) for k in pairs.image_keys[batch[:start]]}
-
-    def local_keys(self, batches: Sequence[np.ndarray], pairs: TrainingPairs) -> list[str]:
-        return [str(k) for b in batches for k in pairs.image_keys[self.local(b)]]
-
-
-def _recipe_code_table(pairs: TrainingPairs) -> dict[str, int]:
-    """int64 code of every recipe id (pairs' and negatives'): a sorted index, identical on every process."""
-    recipes = set(pairs.recipe_ids.tolist())
-    recipes.update(recipe for negatives in pairs.negatives_by_image.values() for _, recipe in negatives)
-    return {recipe: code for code, recipe in enumerate(sorted(recipes))}
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    # Each process's dropout stream: decorrelated across processes, a function of the step so
-    # that a resumed run (which restores rank 0's RNG state everywhere) reseeds it exactly.
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-# --------------------------------------------------------------------------- schedule
+    def to_saved(self) -> dict:
+        return asdict(self)
 
 
 def format_progress(entry: dict) -> str:
@@ -314,23 +154,29 @@ def format_progress(entry: dict) -> str:
             f"loss {entry['loss']:.3g} · {entry['samples_per_s']:.0f} pairs/s · ETA {eta}")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then the schedule."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(max(progress, 0.0), 1.0)
-    if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    # Each process's dropout stream: decorrelated across processes, a function of the step so
+    # that a resumed run (which restores rank 0's RNG state everywhere) reseeds it exactly.
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings, total_steps: int):
+    """transformers' schedule of ``training.scheduler`` with a linear warm-up over ``warmup_ratio`` of the steps."""
+    warmup = int(np.ceil(training.warmup_ratio * total_steps))
+    return get_scheduler(_SCHEDULERS[training.scheduler], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)
 
 
 @contextmanager
-def _deterministic():
+def _deterministic(device: torch.device):
+    """Deterministic kernels on the CPU (bit-for-bit reruns and resumes).  On CUDA the seeds
+    are fixed but kernels may be non-deterministic: the deterministic mode fills every new
+    tensor and forbids the fast attention backward, a large share of a step there."""
+    if device.type != "cpu":
+        yield
+        return
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
@@ -346,11 +192,15 @@ def _seed_everything(seed: int) -> None:
 
 def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPairs,
                      validation_pairs: pd.DataFrame | None = None) -> str:
-    # Checkpointing knobs do not change the result; everything else does.
-    training = cfg.training.model_copy(update={"checkpoint_every_steps": 1, "keep_checkpoints": 1, "num_workers": 0})
-    stable = cfg.model_copy(update={"training": training})
-    # Gradient checkpointing trades compute for memory, same result: left out of the text, so
-    # runs checkpointed before the option existed still resume and it may be toggled mid-run.
+    # Knobs that change how, not what, is computed are left out, so a run resumes on another
+    # device (another auto micro-batch) or with checkpointing toggled: checkpoint cadence,
+    # workers, the micro-batch of the feature cache (same loss and gradients), compilation,
+    # gradient checkpointing.
+    update = {"checkpoint_every_steps": 1, "keep_checkpoints": 1, "num_workers": 0, "memory_fraction": 0.7,
+              "compile": "auto", "gradient_accumulation_steps": None}
+    if cfg.training.accumulation == "feature_cache":
+        update["batch_size"] = "auto"
+    stable = cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
     text = yaml.safe_dump(stable.model_dump(mode="json", exclude={"training": {"gradient_checkpointing"}}),
                           sort_keys=False, default_flow_style=False)
     digest = hashlib.sha256(text.encode("utf-8"))
@@ -362,7 +212,7 @@ def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPair
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- device set-up
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -382,10 +232,70 @@ def enable_gradient_checkpointing(model) -> None:
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
 
 
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """``training.compile``: auto compiles on CUDA only (CPU runs stay eager and bit-reproducible)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compile_towers(model) -> None:
+    """``torch.compile`` the vision and text towers in place (parameter names unchanged, so
+    adapters save and checkpoints load as in eager mode)."""
+    import torch._inductor.config as inductor_config
+
+    # Random ops from eager kernels: dropout masks then come from torch's generator, so the
+    # feature cache's replay (which restores its state) draws the same masks.
+    inductor_config.fallback_random = True
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for tower in (base.vision_model, base.text_model):
+        tower.compile(dynamic=False)
+
+
+class ResidentImages:
+    """The run's uint8 images as one device tensor ``[N, 3, H, W]``: a step's pixels are an
+    index on the device, no host copy.  Built from any :class:`ImageSource` in chunks."""
+
+    def __init__(self, source: ImageSource, keys: Sequence[str], device: torch.device, chunk: int = 1024) -> None:
+        self.keys = list(dict.fromkeys(keys))
+        self._row = {key: i for i, key in enumerate(self.keys)}
+        parts = [source.get(self.keys[i:i + chunk]).to(device, non_blocking=True)
+                 for i in range(0, len(self.keys), chunk)]
+        self.table = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self.device = device
+
+    def get(self, keys: Sequence[str]) -> torch.Tensor:
+        rows = torch.tensor([self._row[k] for k in keys], dtype=torch.long).pin_memory()
+        return self.table.index_select(0, rows.to(self.device, non_blocking=True))
+
+    @staticmethod
+    def fits(n_images: int, image_shape: Sequence[int], device: torch.device) -> bool:
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return n_images * int(np.prod(image_shape)) <= RESIDENT_IMAGES_FRACTION * free
+
+
+def _probe_pairs_per_budget(run_pass: Callable[[int], None], device: torch.device, fraction: float,
+                            effective: int) -> int:
+    """Largest micro-batch (a multiple of 8, at most ``effective``) whose forward + backward
+    fits ``fraction`` of the free CUDA memory, from one probe pass of :data:`_PROBE_PAIRS` pairs."""
+    probe = min(_PROBE_PAIRS, effective)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.random.fork_rng(devices=[device]):
+        run_pass(probe)
+    torch.cuda.synchronize(device)
+    per_pair = max(1, torch.cuda.max_memory_allocated(device) - before) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = int(fraction * free / per_pair)
+    return max(1, min(effective, fit // 8 * 8 if fit >= 8 else fit))
+
+
 def train_lora(
     base_model: str,
     train_pairs: pd.DataFrame,
-    load_image: Callable[[str], bytes],
+    images: ImageSource | LoadImage,
     cfg: ExperimentConfig,
     *,
     device: torch.device | str,
@@ -393,26 +303,25 @@ def train_lora(
     on_checkpoint: Callable[[Path], None] | None = None,
     log: Callable[[dict], None] | None = None,
     world: DistributedWorld | None = None,
-    image_cache: ImageCacheOption = None,
     validation_pairs: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on ``train_pairs`` and save them to ``work_dir/adapters``.
 
     ``train_pairs`` has ``recipe_id, image_key, caption`` and optionally ``label`` (1
-    positive, 0 labelled negative: an image with another recipe's caption).  ``log`` gets
-    every step's record; ``on_checkpoint`` every complete checkpoint directory (both may
-    raise to stop the run, which then resumes from the latest checkpoint when called again
-    with the same arguments).  Raises ValueError when the checkpoints in ``work_dir`` belong
-    to another configuration or dataset.
+    positive, 0 labelled negative: an image with another recipe's caption).  ``images``: an
+    :class:`~clipfood_assets.modeling.images.ImageSource` (the packed store) or a function
+    returning an image's encoded bytes by key (decoded here).  ``log`` gets every step's
+    record after any checkpoint of that step (on CUDA in groups of up to :data:`LOG_EVERY`);
+    ``on_checkpoint`` every complete checkpoint directory (both may raise to stop the run,
+    which then resumes from the latest checkpoint when called again with the same
+    arguments).  Raises ValueError when the checkpoints in ``work_dir`` belong to another
+    configuration or dataset.
 
     ``world`` (default: the initialised torch.distributed group, else one process): with N
     processes each encodes a slice of every step, the loss is over the gathered global batch
     and gradients are averaged, so the run computes what one process computes.  Every process
     calls this with the same arguments; only rank 0 writes checkpoints and adapters and calls
     ``log`` and ``on_checkpoint``.
-
-    ``image_cache``: the persistent preprocessed-image cache (None: on unless
-    ``CLIPFOOD_IMAGE_CACHE=0``; False: off; a path: that directory).
 
     ``validation_pairs`` (``recipe_id, image_key, caption``, recipes disjoint from training):
     recipe-level retrieval both ways every ``training.eval_every_epochs`` epochs, logged as
@@ -421,282 +330,400 @@ def train_lora(
     ``training.final_adapters: best`` the saved adapters are the best validation epoch's.
     """
     device = torch.device(device)
-    work_dir = Path(work_dir)
     training = cfg.training
     world = world if world is not None else DistributedWorld.current()
     if world.is_distributed and training.accumulation != "feature_cache":
         raise ValueError("training.accumulation per_micro_batch (the seed's ablation) runs in one process only; "
                          "use feature_cache with several processes")
-    sharding = _StepSharding(world, local_micro_batch_size(training.batch_size, world))
-    min_pairs = max(2, world.world_size)
     precision = resolve_precision(device, training.precision)
     with_negatives = training.use_labelled_negatives and training.loss != "clip"
     pairs = prepare_training_pairs(train_pairs, use_labelled_negatives=with_negatives)
     fingerprint = _run_fingerprint(base_model, cfg, pairs, validation_pairs)
     # Every process must train on the same data and config, or the recipe codes and shards disagree.
     assert_same_on_all_ranks(int(fingerprint[:15], 16), world, "the run fingerprint (config, base model, data)", device)
-    recipe_codes = _recipe_code_table(pairs)
     configure_cpu_threads(device)
 
-    with _deterministic():
+    with _deterministic(device):
         _seed_everything(cfg.seed)
         torch.backends.cudnn.benchmark = False
-        check_quantization(cfg.peft.quantization, device)
-        model, processor = load_clip(base_model, device)
-        if cfg.peft.quantization == "4bit":  # QLoRA: the frozen base in NF4 (CUDA; checked above)
-            model = load_quantized_clip(base_model, device)
-        if training.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        model = apply_lora(model, cfg.lora, train_logit_scale=training.train_logit_scale, method=cfg.peft.method)
+        run = _Run.start(base_model, cfg, pairs, images, device=device, precision=precision, world=world,
+                         work_dir=Path(work_dir), with_negatives=with_negatives, on_checkpoint=on_checkpoint,
+                         log=log, validation_pairs=validation_pairs)
+        state = run.restore(fingerprint)
+        try:
+            run.train(state)
+        finally:
+            run.close()
+        adapter_dir = run.save_adapters()
+        peak, kind = peak_memory(device)
+
+    steps = max(1, len(state.logs["steps"]))
+    training_logs = {
+        "steps": state.logs["steps"],
+        "epochs": state.logs["epochs"],
+        "total_time_s": state.elapsed_s,
+        "negatives_per_pair": state.negatives_sum / steps,
+        "effective_batch_size": training.effective_batch_size,
+        "micro_batch_size": run.micro_batch,
+        "world_size": world.world_size,
+        "accumulation": training.accumulation,
+        "loss": training.loss,
+        "precision": precision,
+        "frozen_weights_dtype": str(run.frozen_dtype).removeprefix("torch."),
+        "compiled": run.compiled,
+        "images_on_device": run.resident is not None,
+        "total_steps": run.total_steps,
+        "resumed_from_step": state.resumed_from_step,
+        "labelled_negative_images": len(pairs.negatives_by_image),
+        "positive_pairs": len(pairs),
+        "validation": state.logs.get("validation", []),
+        "best_validation": state.best,
+        "stopped_early_at_epoch": state.stopped_early_at_epoch,
+        "final_adapters": training.final_adapters if run.best_weights else "last",
+    }
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        training_logs=training_logs,
+        trainable_parameters=run.parameter_counts[0],
+        total_parameters=run.parameter_counts[1],
+        peak_memory_bytes=peak,
+        peak_memory_kind=kind,
+        training_time_s=state.elapsed_s,
+        samples_per_s=state.pairs_seen / state.elapsed_s if state.elapsed_s > 0 else 0.0,
+        device=describe_device(device),
+    )
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between steps (built once by :meth:`start`)."""
+
+    cfg: ExperimentConfig
+    pairs: TrainingPairs
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+    precision: str
+    world: DistributedWorld
+    work_dir: Path
+    trainable: dict[str, torch.nn.Parameter]
+    logit_scale: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    source: ImageSource
+    owns_source: bool
+    preprocessor: ImagePreprocessor
+    tokens: TokenCache
+    with_negatives: bool
+    on_checkpoint: Callable[[Path], None] | None
+    log: Callable[[dict], None] | None
+    validation_pairs: pd.DataFrame | None
+    parameter_counts: tuple[int, int]
+    frozen_dtype: torch.dtype
+    micro_batch: int = 0
+    resident: ResidentImages | None = None
+    sharding: StepSharding | None = None
+    builder: StepBuilder | None = None
+    scheduler: object = None
+    total_steps: int = 0
+    compiled: bool = False
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, base_model: str, cfg: ExperimentConfig, pairs: TrainingPairs, images: ImageSource | LoadImage, *,
+              device: torch.device, precision: str, world: DistributedWorld, work_dir: Path, with_negatives: bool,
+              on_checkpoint, log, validation_pairs) -> _Run:
+        training = cfg.training
+        model, processor, frozen_dtype = _load_trainable_clip(base_model, cfg, device, precision)
         logit_scale = logit_scale_parameter(model)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        trainable_count, total_count = count_parameters(model)
-
-        decay = [p for n, p in trainable.items() if p is not logit_scale]
+        decay = [p for p in trainable.values() if p is not logit_scale]
         groups = [{"params": decay, "weight_decay": training.weight_decay}]
         if logit_scale.requires_grad:  # no weight decay on the temperature, as open_clip
             groups.append({"params": [logit_scale], "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=training.learning_rate, fused=device.type == "cuda")
-
-        effective = training.effective_batch_size
-        steps_per_epoch = len(epoch_batches(len(pairs), effective, cfg.seed, 0, min_pairs))
-        total_steps = steps_per_epoch * training.epochs
-        warmup_steps = math.ceil(training.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, training.scheduler)
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-        state = {
-            "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "pairs_seen": 0,
-            "epoch_loss_sum": 0.0, "epoch_steps": 0, "epoch_time_s": 0.0,
-            "negatives_sum": 0.0, "fingerprint": fingerprint,
-            "logs": {"steps": [], "epochs": [], "validation": []}, "resumed_from_step": None,
-            "best": None, "evals_since_best": 0, "stopped_early_at_epoch": None,
-        }
-        best_weights: dict[str, torch.Tensor] = {}
-        checkpoints = work_dir / "checkpoints"
-        latest = latest_checkpoint(checkpoints)
-        if latest is not None:
-            saved = load_checkpoint(latest, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
-                                    scaler=scaler if scaler.is_enabled() else None)
-            if saved.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"checkpoints in {checkpoints} come from another configuration or dataset; "
-                    "delete them or use another work_dir"
-                )
-            state = saved
-            state["resumed_from_step"] = saved["step"]
-            best_weights.update(load_best_weights(latest))
-        broadcast_parameters(trainable.values(), world)  # replicas start from rank 0's weights
-        world.barrier()  # every process has read the checkpoint before rank 0 writes or prunes any
-
+        preprocessor = ImagePreprocessor(processor)
+        owns_source = not isinstance(images, ImageSource)
+        source = DecodedImages(images, preprocessor, training.num_workers) if owns_source else images
         tokenizer = processor.tokenizer
         tokens = TokenCache(
             tokenizer,
             list(pairs.captions) + [c for negs in pairs.negatives_by_image.values() for c, _ in negs],
             text_max_length(model, tokenizer),
         )
-        preprocessor = ImagePreprocessor(processor, image_cache=image_cache)
-        images = ImageCache(load_image, preprocessor, training.num_workers)
-        images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, state["epoch"], min_pairs),
-                                            pairs))
+        run = cls(cfg=cfg, pairs=pairs, model=model, processor=processor, device=device, precision=precision,
+                  world=world, work_dir=work_dir, trainable=trainable, logit_scale=logit_scale, optimizer=optimizer,
+                  scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), source=source,
+                  owns_source=owns_source, preprocessor=preprocessor, tokens=tokens, with_negatives=with_negatives,
+                  on_checkpoint=on_checkpoint, log=log, validation_pairs=validation_pairs,
+                  parameter_counts=count_parameters(model), frozen_dtype=frozen_dtype)
+        run._place_images()
+        run._size_micro_batch()
+        run.compiled = compile_enabled(training.compile, device)
+        if run.compiled:
+            compile_towers(model)
+        min_pairs = max(2, world.world_size)
+        steps_per_epoch = len(epoch_batches(len(pairs), training.effective_batch_size, cfg.seed, 0, min_pairs))
+        run.total_steps = steps_per_epoch * training.epochs
+        run.scheduler = build_scheduler(optimizer, training, run.total_steps)
+        return run
 
-        def encode(micro: MicroBatch) -> dict[str, torch.Tensor]:
-            pixels = preprocessor.normalize(micro.pixels.to(device, non_blocking=True))
-            with autocast_context(device, precision):
-                image = model.get_image_features(pixel_values=pixels).pooler_output
-                text = model.get_text_features(
-                    input_ids=micro.text_ids.to(device), attention_mask=micro.text_mask.to(device)
-                ).pooler_output
-            return {"image": image, "text": text[: micro.n_pairs], "negative": text[micro.n_pairs:]}
+    # ----------------------------------------------------------------- set-up
 
-        def loss_fn(features: dict[str, torch.Tensor], micros: Sequence[MicroBatch]) -> torch.Tensor:
-            image, text, negative = features["image"], features["text"], features["negative"]
-            recipe_ids = [r for m in micros for r in m.recipe_ids]
-            negative_recipe_ids = [r for m in micros for r in m.negative_recipe_ids]
-            if world.is_distributed:  # contrast against every process's pairs and negatives
-                step = gather_contrastive_batch(
-                    image, text, negative,
-                    torch.tensor([recipe_codes[r] for r in recipe_ids], dtype=torch.long),
-                    torch.tensor([recipe_codes[r] for r in negative_recipe_ids], dtype=torch.long),
-                    world,
+    def _place_images(self) -> None:
+        """On CUDA, every image of the run on the device when they fit (no per-step host copy)."""
+        if self.device.type != "cuda":
+            return
+        keys = list(dict.fromkeys(str(k) for k in self.pairs.image_keys))
+        shape = self.source.get(keys[:1]).shape[1:]
+        if ResidentImages.fits(len(keys), shape, self.device):
+            self.resident = ResidentImages(self.source, keys, self.device)
+
+    def _builder(self, micro_batch: int) -> StepBuilder:
+        training = self.cfg.training
+        return StepBuilder(
+            self.pairs, StepSharding(self.world, micro_batch), self.tokens,
+            None if self.resident is not None else self.source, with_negatives=self.with_negatives,
+            feature_cache=training.accumulation == "feature_cache", mask_same_recipe=training.mask_same_recipe,
+            pad_multiple=8 if compile_enabled(training.compile, self.device) else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _size_micro_batch(self) -> None:
+        training = self.cfg.training
+        fit = None
+        if training.batch_size == "auto" and self.device.type == "cuda":
+            first = epoch_batches(len(self.pairs), training.effective_batch_size, self.cfg.seed, 0)[0]
+
+            def probe(n_pairs: int) -> None:
+                step = self._builder(n_pairs).build(first[:n_pairs])
+                self.loss_fn(self.encode(step.micros[0]), step.micros[:1]).backward()
+                self.optimizer.zero_grad(set_to_none=True)
+
+            fit = _probe_pairs_per_budget(probe, self.device, training.memory_fraction, training.effective_batch_size)
+        micro = self.micro_batch = training.micro_batch_size(fit)
+        self.builder = self._builder(local_micro_batch_size(micro, self.world))
+        self.sharding = self.builder.sharding
+        logger.info("micro-batch %d of effective batch %d%s", micro, training.effective_batch_size,
+                    f" (auto: {fit} fit on {describe_device(self.device)})" if fit else "")
+
+    def restore(self, fingerprint: str) -> TrainState:
+        """The state to continue from: the latest complete checkpoint's, else a fresh one."""
+        state = TrainState(fingerprint=fingerprint)
+        checkpoints = self.work_dir / "checkpoints"
+        latest = latest_checkpoint(checkpoints)
+        if latest is not None:
+            saved = load_checkpoint(latest, trainable=self.trainable, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, scaler=self.scaler if self.scaler.is_enabled() else None)
+            if saved.get("fingerprint") != fingerprint:
+                raise ValueError(
+                    f"checkpoints in {checkpoints} come from another configuration or dataset; "
+                    "delete them or use another work_dir"
                 )
-                image, text, negative = step.image, step.text, step.negative
-                recipe_ids, negative_recipe_ids = step.pair_codes.cpu().numpy(), step.negative_codes.cpu().numpy()
-            return contrastive_loss(
-                image, text, logit_scale,
-                recipe_ids=recipe_ids,
-                negative_text_emb=negative,
-                negative_recipe_ids=negative_recipe_ids,
-                mask_same_recipe=training.mask_same_recipe, kind=training.loss,
-            )
+            state = TrainState.from_saved(saved)
+            state.resumed_from_step = state.step
+            self.best_weights.update(load_best_weights(latest))
+        broadcast_parameters(self.trainable.values(), self.world)  # replicas start from rank 0's weights
+        self.world.barrier()  # every process has read the checkpoint before rank 0 writes or prunes any
+        return state
 
-        validate = None
-        if validation_pairs is not None and len(validation_pairs):
-            from clipfood_assets.modeling.evaluate import validation_metrics
+    # ----------------------------------------------------------------- one step
 
-            def validate() -> dict[str, dict[str, float]]:
-                model.eval()
-                try:
-                    with torch.no_grad():
-                        return validation_metrics(model, processor, validation_pairs, load_image, cfg=cfg,
-                                                  device=device)
-                finally:
-                    model.train()
+    def encode(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
+        device = self.device
+        pixels = micro.pixels if micro.pixels is not None else self.resident.get(micro.image_keys)
+        pixels = self.preprocessor.normalize(pixels.to(device, non_blocking=True))
+        with autocast_context(device, self.precision):
+            image = self.model.get_image_features(pixel_values=pixels).pooler_output
+            text = self.model.get_text_features(
+                input_ids=micro.text_ids.to(device, non_blocking=True),
+                attention_mask=micro.text_mask.to(device, non_blocking=True),
+            ).pooler_output
+        return {"image": image, "text": text[: micro.n_pairs], "negative": text[micro.n_pairs:]}
 
-        accumulator = FeatureCacheAccumulator(encode, loss_fn)
+    def loss_fn(self, features: dict[str, torch.Tensor], micros: Sequence[MicroBatch]) -> torch.Tensor:
+        device, training = self.device, self.cfg.training
+        image, text, negative = features["image"], features["text"], features["negative"]
+        pair_codes = torch.cat([m.pair_codes.to(device, non_blocking=True) for m in micros])
+        negative_codes = torch.cat([m.negative_codes.to(device, non_blocking=True) for m in micros])
+        if self.world.is_distributed:  # contrast against every process's pairs and negatives
+            step = gather_contrastive_batch(image, text, negative, pair_codes, negative_codes, self.world)
+            image, text, negative = step.image, step.text, step.negative
+            pair_codes, negative_codes = step.pair_codes, step.negative_codes
+        return contrastive_loss(
+            image, text, self.logit_scale,
+            recipe_ids=pair_codes,
+            negative_text_emb=negative,
+            negative_recipe_ids=negative_codes,
+            mask_same_recipe=training.mask_same_recipe, kind=training.loss,
+        )
+
+    def optimizer_step(self, step: Step) -> torch.Tensor:
+        """One optimizer step over ``step``; the loss stays on the device (no host sync)."""
+        training, scaler = self.cfg.training, self.scaler
         scale_loss = scaler.scale if scaler.is_enabled() else None
-        reset_peak_memory(device)
-        model.train()
-        try:
-            _train_epochs(
-                model=model, pairs=pairs, cfg=cfg, state=state, images=images, tokens=tokens,
-                with_negatives=with_negatives, accumulator=accumulator, encode=encode, loss_fn=loss_fn,
-                scale_loss=scale_loss, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                trainable=trainable, logit_scale=logit_scale, checkpoints=checkpoints, device=device,
-                on_checkpoint=on_checkpoint, log=log, sharding=sharding, min_pairs=min_pairs,
-                validate=validate, best_weights=best_weights,
-            )
-        finally:
-            images.close()
+        params = list(self.trainable.values())
+        if training.accumulation == "feature_cache":
+            loss = FeatureCacheAccumulator(self.encode, self.loss_fn).accumulate(step.micros, scale_loss=scale_loss)
+            average_gradients(params, self.world)  # before unscaling/clipping: every replica sees the same
+        else:
+            loss = accumulate_per_micro_batch(step.micros, self.encode, self.loss_fn, scale_loss=scale_loss)
+        if scaler.is_enabled():
+            scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        clamp_logit_scale_(self.logit_scale)
+        return loss
 
-        model.eval()
-        if training.final_adapters == "best" and best_weights:
-            with torch.no_grad():
-                for name, parameter in trainable.items():
-                    parameter.copy_(best_weights[name].to(parameter.device))
-        adapter_dir = work_dir / "adapters"
-        if world.is_main:
-            save_adapters(model, adapter_dir, logit_scale)
-        world.barrier()  # the adapters exist for everyone once this returns
-        peak, kind = peak_memory(device)
+    # ----------------------------------------------------------------- the loop
 
-    steps = max(1, len(state["logs"]["steps"]))
-    training_logs = {
-        "steps": state["logs"]["steps"],
-        "epochs": state["logs"]["epochs"],
-        "total_time_s": state["elapsed_s"],
-        "negatives_per_pair": state["negatives_sum"] / steps,
-        "effective_batch_size": effective,
-        "micro_batch_size": training.batch_size,
-        "world_size": world.world_size,
-        "accumulation": training.accumulation,
-        "loss": training.loss,
-        "precision": precision,
-        "total_steps": total_steps,
-        "resumed_from_step": state["resumed_from_step"],
-        "labelled_negative_images": len(pairs.negatives_by_image),
-        "positive_pairs": len(pairs),
-        "validation": state["logs"].get("validation", []),
-        "best_validation": state.get("best"),
-        "stopped_early_at_epoch": state.get("stopped_early_at_epoch"),
-        "final_adapters": training.final_adapters if best_weights else "last",
-    }
-    return TrainResult(
-        adapter_dir=adapter_dir,
-        training_logs=training_logs,
-        trainable_parameters=trainable_count,
-        total_parameters=total_count,
-        peak_memory_bytes=peak,
-        peak_memory_kind=kind,
-        training_time_s=state["elapsed_s"],
-        samples_per_s=state["pairs_seen"] / state["elapsed_s"] if state["elapsed_s"] > 0 else 0.0,
-        device=describe_device(device),
-    )
-
-
-def _train_epochs(
-    *, model, pairs, cfg, state, images, tokens, with_negatives, accumulator, encode, loss_fn, scale_loss,
-    optimizer, scheduler, scaler, trainable, logit_scale, checkpoints, device, on_checkpoint, log,
-    sharding, min_pairs, validate=None, best_weights=None,
-) -> None:
-    """The optimisation loop from ``state``'s position to the end; mutates ``state`` (and
-    ``best_weights``, the trainable tensors of the best validation so far)."""
-    training = cfg.training
-    effective = training.effective_batch_size
-    params = list(trainable.values())
-    world = sharding.world
-    for epoch in range(state["epoch"], training.epochs):
-        if state.get("stopped_early_at_epoch"):
-            break
-        batches = epoch_batches(len(pairs), effective, cfg.seed, epoch, min_pairs)
-        if epoch + 1 < training.epochs:  # decode next epoch's first images early (cached anyway)
-            images.prefetch(sharding.local_keys(epoch_batches(len(pairs), effective, cfg.seed, epoch + 1,
-                                                              min_pairs)[:1], pairs))
-        for batch_index in range(state["batch_in_epoch"], len(batches)):
-            started = time.perf_counter()
-            batch = batches[batch_index]
-            if world.is_distributed:
-                torch.manual_seed(_step_seed(cfg.seed, state["step"], world.rank))
-            micros = _micro_batches(sharding.local(batch), pairs, sharding.micro_batch, images, tokens,
-                                    with_negatives, seen_images=sharding.images_before(batch, pairs))
-            if training.accumulation == "feature_cache":
-                loss = accumulator.accumulate(micros, scale_loss=scale_loss)
-                average_gradients(params, world)  # before unscaling/clipping: every replica sees the same
-                negatives = negatives_per_pair([str(r) for r in pairs.recipe_ids[batch]],
-                                               _step_negative_recipes(batch, pairs) if with_negatives else [],
-                                               training.mask_same_recipe)
-            else:
-                loss = accumulate_per_micro_batch(micros, encode, loss_fn, scale_loss=scale_loss)
-                negatives = float(np.mean([
-                    negatives_per_pair(m.recipe_ids, m.negative_recipe_ids, training.mask_same_recipe)
-                    for m in micros
-                ]))
-            if scaler.is_enabled():
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            clamp_logit_scale_(logit_scale)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - started
-
-            n_pairs = int(len(batches[batch_index]))
-            state["step"] += 1
-            state["batch_in_epoch"] = batch_index + 1
-            state["elapsed_s"] += seconds
-            state["pairs_seen"] += n_pairs
-            state["epoch_loss_sum"] += float(loss)
-            state["epoch_steps"] += 1
-            state["epoch_time_s"] += seconds
-            state["negatives_sum"] += negatives
-            record = {
-                "step": state["step"], "epoch": epoch + 1, "loss": float(loss), "lr": lr,
-                "temperature": float(torch.exp(-logit_scale.detach()).cpu()),
-                "samples_per_s": n_pairs / seconds if seconds > 0 else 0.0,
-                "elapsed_s": state["elapsed_s"],
-            }
-            state["logs"]["steps"].append(record)
-            logger.debug("step %(step)d epoch %(epoch)d loss %(loss).4f lr %(lr).2e", record)
-
-            last_of_epoch = batch_index + 1 == len(batches)
-            if last_of_epoch:
-                state["logs"]["epochs"].append({
-                    "epoch": epoch + 1, "avg_loss": state["epoch_loss_sum"] / max(1, state["epoch_steps"]),
-                    "time_s": state["epoch_time_s"],
-                })
-                logger.info("epoch %(epoch)d avg loss %(avg_loss).4f (%(time_s).1f s)", state["logs"]["epochs"][-1])
-                state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_steps=0, epoch_time_s=0.0)
-                if validate is not None and ((epoch + 1) % training.eval_every_epochs == 0
-                                             or epoch + 1 == training.epochs):
-                    _record_validation(state, epoch + 1, validate(), trainable, best_weights, training)
-            finished = last_of_epoch and (epoch + 1 == training.epochs or bool(state.get("stopped_early_at_epoch")))
-            if world.is_main and (state["step"] % training.checkpoint_every_steps == 0 or finished):
-                path = save_checkpoint(checkpoints, state["step"], trainable=trainable, optimizer=optimizer,
-                                       scheduler=scheduler, scaler=scaler if scaler.is_enabled() else None,
-                                       state=state, keep=training.keep_checkpoints, best=best_weights)
-                if on_checkpoint is not None:
-                    on_checkpoint(path)
-            if log is not None and world.is_main:
-                log({**record, "total_steps": len(batches) * training.epochs, "epochs": training.epochs})
-            if finished:
+    def train(self, state: TrainState) -> None:
+        """The optimisation loop from ``state``'s position to the end; mutates ``state`` and
+        ``best_weights`` (the trainable tensors of the best validation so far)."""
+        cfg, training, world = self.cfg, self.cfg.training, self.world
+        min_pairs = max(2, world.world_size)
+        read_every = LOG_EVERY if self.device.type == "cuda" else 1  # a CPU never runs ahead of the host
+        reset_peak_memory(self.device)
+        self.model.train()
+        for epoch in range(state.epoch, training.epochs):
+            if state.stopped_early_at_epoch:
                 break
-        state["batch_in_epoch"] = 0
+            batches = epoch_batches(len(self.pairs), training.effective_batch_size, cfg.seed, epoch, min_pairs)
+            if self.resident is None:  # start decoding this epoch's images in order
+                self.source.prefetch(self.sharding.local_keys(batches[state.batch_in_epoch:], self.pairs))
+            steps = StepPrefetcher(self.builder, batches[state.batch_in_epoch:])
+            window: list[tuple[dict, torch.Tensor, torch.Tensor]] = []
+            started = time.perf_counter()
+            try:
+                for step in steps:
+                    if world.is_distributed:
+                        torch.manual_seed(_step_seed(cfg.seed, state.step, world.rank))
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    loss = self.optimizer_step(step)
+                    state.step += 1
+                    state.batch_in_epoch += 1
+                    state.pairs_seen += step.n_pairs
+                    state.negatives_sum += step.negatives_per_pair
+                    state.epoch_steps += 1
+                    window.append(({"step": state.step, "epoch": epoch + 1, "lr": lr, "n_pairs": step.n_pairs},
+                                   loss, self.logit_scale.detach().clone()))
+                    last_of_epoch = state.batch_in_epoch == len(batches)
+                    checkpoint_due = state.step % training.checkpoint_every_steps == 0
+                    if len(window) < read_every and not (last_of_epoch or checkpoint_due):
+                        continue
+                    records = self._read_back(state, window, started)
+                    if last_of_epoch:
+                        self._end_epoch(state, epoch)
+                    finished = last_of_epoch and (epoch + 1 == training.epochs or bool(state.stopped_early_at_epoch))
+                    if world.is_main and (checkpoint_due or finished):
+                        self._checkpoint(state)
+                    if self.log is not None and world.is_main:
+                        for record in records:
+                            self.log({**record, "total_steps": self.total_steps, "epochs": training.epochs})
+                    started = time.perf_counter()
+                    if finished:
+                        break
+            finally:
+                steps.close()
+            state.batch_in_epoch = 0
+
+    def _read_back(self, state: TrainState, window: list, started: float) -> list[dict]:
+        """Wait for the device once, then turn the window's losses into step records."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = (time.perf_counter() - started) / len(window)  # the window's steps share its wall time
+        records = []
+        for base, loss, logit_scale in window:
+            state.elapsed_s += seconds
+            state.epoch_time_s += seconds
+            value = float(loss)
+            state.epoch_loss_sum += value
+            record = {"step": base["step"], "epoch": base["epoch"], "loss": value, "lr": base["lr"],
+                      "temperature": float(torch.exp(-logit_scale.float())),
+                      "samples_per_s": base["n_pairs"] / seconds if seconds > 0 else 0.0,
+                      "elapsed_s": state.elapsed_s}
+            state.logs["steps"].append(record)
+            records.append(record)
+            logger.debug("step %(step)d epoch %(epoch)d loss %(loss).4f lr %(lr).2e", record)
+        window.clear()
+        return records
+
+    def _end_epoch(self, state: TrainState, epoch: int) -> None:
+        training = self.cfg.training
+        state.logs["epochs"].append({"epoch": epoch + 1, "avg_loss": state.epoch_loss_sum / max(1, state.epoch_steps),
+                                     "time_s": state.epoch_time_s})
+        logger.info("epoch %(epoch)d avg loss %(avg_loss).4f (%(time_s).1f s)", state.logs["epochs"][-1])
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_steps, state.epoch_time_s = 0.0, 0, 0.0
+        if self.validation_pairs is not None and len(self.validation_pairs) and (
+                (epoch + 1) % training.eval_every_epochs == 0 or epoch + 1 == training.epochs):
+            _record_validation(state, epoch + 1, self.validate(), self.trainable, self.best_weights, training)
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        from clipfood_assets.modeling.evaluate import validation_metrics
+
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return validation_metrics(self.model, self.processor, self.validation_pairs, self.source,
+                                          cfg=self.cfg, device=self.device)
+        finally:
+            self.model.train()
+
+    def _checkpoint(self, state: TrainState) -> None:
+        training = self.cfg.training
+        path = save_checkpoint(self.work_dir / "checkpoints", state.step, trainable=self.trainable,
+                               optimizer=self.optimizer, scheduler=self.scheduler,
+                               scaler=self.scaler if self.scaler.is_enabled() else None, state=state.to_saved(),
+                               keep=training.keep_checkpoints, best=self.best_weights)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path)
+
+    # ----------------------------------------------------------------- the end
+
+    def save_adapters(self) -> Path:
+        """The adapters to keep (the best validation epoch's, or the last) in ``work_dir/adapters``."""
+        self.model.eval()
+        if self.cfg.training.final_adapters == "best" and self.best_weights:
+            with torch.no_grad():
+                for name, parameter in self.trainable.items():
+                    parameter.copy_(self.best_weights[name].to(parameter.device))
+        adapter_dir = self.work_dir / "adapters"
+        if self.world.is_main:
+            save_adapters(self.model, adapter_dir, self.logit_scale)
+        self.world.barrier()  # the adapters exist for everyone once this returns
+        return adapter_dir
+
+    def close(self) -> None:
+        if self.owns_source:
+            self.source.close()
+        self.resident = None
+
+
+def _load_trainable_clip(base_model: str, cfg: ExperimentConfig, device: torch.device,
+                         precision: str) -> tuple[torch.nn.Module, object, torch.dtype]:
+    """The base CLIP with adapters of ``cfg.peft.method``: (model, processor, frozen weights' dtype).
+
+    On CUDA in bf16 the frozen base is stored in bf16 (no per-step casts of fp32 weights under
+    autocast); adapters and the temperature stay fp32, as the optimizer needs.
+    """
+    check_quantization(cfg.peft.quantization, device)
+    model, processor = load_clip(base_model, device)
+    if cfg.peft.quantization == "4bit":  # QLoRA: the frozen base in NF4 (CUDA; checked above)
+        model = load_quantized_clip(base_model, device)
+    elif device.type == "cuda" and precision == "bf16":
+        model.to(torch.bfloat16)
+    frozen_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    if cfg.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model = apply_lora(model, cfg.lora, train_logit_scale=cfg.training.train_logit_scale, method=cfg.peft.method)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model, processor, frozen_dtype
 
 
 def validation_score(metrics: dict[str, dict[str, float]]) -> tuple[float, float]:
@@ -704,21 +731,21 @@ def validation_score(metrics: dict[str, dict[str, float]]) -> tuple[float, float
     return metrics["text_to_image"]["R@1"], metrics["text_to_image"]["MRR"]
 
 
-def _record_validation(state: dict, epoch: int, metrics: dict, trainable: dict, best_weights: dict,
-                       training) -> None:
-    state["logs"].setdefault("validation", []).append({"epoch": epoch, "metrics": metrics})
-    best = state.get("best")
+def _record_validation(state: TrainState, epoch: int, metrics: dict, trainable: dict, best_weights: dict,
+                       training: TrainingSettings) -> None:
+    state.logs.setdefault("validation", []).append({"epoch": epoch, "metrics": metrics})
+    best = state.best
     if best is None or validation_score(metrics) > tuple(best["score"]):
-        state["best"] = {"epoch": epoch, "step": state["step"], "score": list(validation_score(metrics)),
-                         "metrics": metrics}
-        state["evals_since_best"] = 0
+        state.best = {"epoch": epoch, "step": state.step, "score": list(validation_score(metrics)),
+                      "metrics": metrics}
+        state.evals_since_best = 0
         best_weights.clear()
         best_weights.update({name: p.detach().cpu().clone() for name, p in trainable.items()})
     else:
-        state["evals_since_best"] = state.get("evals_since_best", 0) + 1
+        state.evals_since_best += 1
     logger.info("validation epoch %d: t2i R@1 %.3f, i2t R@1 %.3f (best epoch %d)", epoch,
-                metrics["text_to_image"]["R@1"], metrics["image_to_text"]["R@1"], state["best"]["epoch"])
+                metrics["text_to_image"]["R@1"], metrics["image_to_text"]["R@1"], state.best["epoch"])
     patience = training.early_stopping_patience
-    if patience is not None and state["evals_since_best"] >= patience and epoch < training.epochs:
-        state["stopped_early_at_epoch"] = epoch
+    if patience is not None and state.evals_since_best >= patience and epoch < training.epochs:
+        state.stopped_early_at_epoch = epoch
         logger.info("early stopping at epoch %d: %d validations without improvement", epoch, patience)

@@ -21,8 +21,23 @@ def test_yaml_file_equals_model_defaults_and_seed_values():
     assert (from_file.lora.r, from_file.lora.lora_alpha, from_file.lora.lora_dropout) == (8, 16, 0.05)
     assert from_file.lora.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
     t = from_file.training
-    assert (t.batch_size, t.gradient_accumulation_steps, t.epochs) == (2, 16, 3)
-    assert t.effective_batch_size == 32
+    assert (t.batch_size, t.effective_batch_size, t.epochs) == ("auto", 32, 3)
+    assert t.micro_batch_size() == 2  # off CUDA: the seed's 2 x 16
+
+
+def test_batch_size_auto_keeps_the_effective_batch():
+    t = load_experiment_config().training
+    assert t.micro_batch_size(device_fit=1000) == 32  # one micro-batch: no feature-cache replay
+    assert t.micro_batch_size(device_fit=20) == 16  # 2 equal micro-batches of 16, not 20 + 12
+    assert t.micro_batch_size(device_fit=1) == 1
+    seed_style = load_experiment_config(overrides={"training": {"batch_size": 4, "gradient_accumulation_steps": 3}})
+    assert (seed_style.training.effective_batch_size, seed_style.training.micro_batch_size(999)) == (12, 4)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps needs an integer batch_size"):
+        load_experiment_config(overrides={"training.gradient_accumulation_steps": 3})
+    with pytest.raises(ValueError, match="exceeds effective_batch_size"):
+        load_experiment_config(overrides={"training.batch_size": 64})
+    with pytest.raises(ValueError, match="per_micro_batch"):
+        load_experiment_config(overrides={"training.accumulation": "per_micro_batch"})
 
 
 def test_overrides_deep_merge_and_dotted_keys(tmp_path):
@@ -31,7 +46,7 @@ def test_overrides_deep_merge_and_dotted_keys(tmp_path):
     cfg = load_experiment_config(path, overrides={"training": {"epochs": 9}, "lora.scope": "vision"})
     assert cfg.training.epochs == 9
     assert cfg.training.batch_size == 4  # kept from the file
-    assert cfg.training.gradient_accumulation_steps == 16  # default
+    assert cfg.training.effective_batch_size == 32  # default
     assert cfg.lora.scope == "vision"
 
 

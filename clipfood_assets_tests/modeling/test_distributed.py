@@ -28,10 +28,9 @@ from clipfood_assets.modeling.distributed import (
     average_gradients,
     gather_contrastive_batch,
     gather_rows,
-    init_from_env,
-    local_image_loader,
     shard_bounds,
 )
+from clipfood_assets.modeling.launch import init_from_env, local_image_loader
 from clipfood_assets.modeling.losses import contrastive_loss
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +121,7 @@ def test_seed_style_accumulation_is_refused_across_processes(synthetic_data, tmp
     from clipfood_assets.modeling.config import load_experiment_config
     from clipfood_assets.modeling.train import train_lora
 
-    cfg = load_experiment_config(overrides={"training.accumulation": "per_micro_batch"})
+    cfg = load_experiment_config(overrides={"training": {"accumulation": "per_micro_batch", "batch_size": 2}})
     with pytest.raises(ValueError, match="one process only"):
         train_lora("unused-model", synthetic_data.train_pairs, synthetic_data.load_image, cfg, device="cpu",
                    work_dir=tmp_path, world=DistributedWorld(rank=0, world_size=2))
@@ -317,7 +316,7 @@ def toy_run(tiny_model_dir, tmp_path_factory) -> ToyRun:
 
 def _torchrun(run: ToyRun, out: Path) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "clipfood_assets.modeling.distributed", "--pairs", str(run.pairs_csv),
+               "-m", "clipfood_assets.modeling.launch", "--pairs", str(run.pairs_csv),
                "--images-dir", str(run.images_dir), "--config", str(run.config_yaml),
                "--base-model", run.base_model, "--out", str(out), "--device", "cpu"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

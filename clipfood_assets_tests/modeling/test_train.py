@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from clipfood_assets.modeling.checkpoint import checkpoint_steps
 from clipfood_assets.modeling.config import load_experiment_config
-from clipfood_assets.modeling.train import epoch_batches, lr_factor, prepare_training_pairs, train_lora
+from clipfood_assets.modeling.batching import epoch_batches, prepare_training_pairs
+from clipfood_assets.modeling.train import build_scheduler, train_lora
 
 
 def _cfg(**training):
@@ -131,10 +132,23 @@ def test_epoch_order_is_seeded_and_drops_single_pair_tail():
     assert not all((a == b).all() for a, b in zip(first, epoch_batches(33, 16, seed=42, epoch=1)))
 
 
+def _lr_factors(kind: str, total: int, warmup_ratio: float) -> list[float]:
+    training = load_experiment_config(overrides={"training": {"scheduler": kind, "warmup_ratio": warmup_ratio,
+                                                              "learning_rate": 1.0}}).training
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, training, total)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
 def test_learning_rate_schedule():
-    factors = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert factors[10] == pytest.approx(1.0) and factors[99] < 0.01
+    factors = _lr_factors("cosine", 100, 0.1)  # transformers' warm-up: 0, 0.1, ..., 0.9, then cosine from 1
+    assert factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
+    assert factors[99] < 0.01
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert lr_factor(50, 100, 0, "constant") == 1.0
-    assert lr_factor(50, 100, 0, "linear") == pytest.approx(0.5)
+    assert _lr_factors("constant", 100, 0.0)[50] == 1.0
+    assert _lr_factors("linear", 100, 0.0)[50] == pytest.approx(0.5)

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from clipfood_assets.modeling import evaluate
 from clipfood_assets.modeling.checkpoint import checkpoint_steps
 from clipfood_assets.modeling.config import load_experiment_config
-from clipfood_assets.modeling.train import epoch_batches, train_lora
+from clipfood_assets.modeling.batching import epoch_batches
+from clipfood_assets.modeling.train import train_lora
 
 # Validation t2i R@1 per epoch, scripted: the best epoch is 2, then two without improvement.
 SCRIPT = [0.2, 0.5, 0.3, 0.1, 0.6]
