@@ -17,6 +17,7 @@ from clipfood_assets.defs.io_manager import ZoneIOManager
 from clipfood_assets.defs.jobs import JOBS
 from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapters, lora_results
 from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
+from clipfood_assets.defs.model_zone.image_store import preprocessed_images
 from clipfood_assets.defs.model_zone.sweeps import submit_sweep, sweep_sensor
 from clipfood_assets.defs.report.assets import comparison_report
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
@@ -28,6 +29,7 @@ ASSETS = [
     positive_pairs,
     fine_tuning_images,
     augmented_training_pairs,
+    preprocessed_images,
     baseline_results,
     lora_adapters,
     lora_results,

@@ -13,6 +13,7 @@ EXPECTED_ASSETS = {
     "pairing_quarantine": "data_zone",
     "fine_tuning_images": "data_zone",
     "augmented_training_pairs": "data_zone",
+    "preprocessed_images": "model_zone",
     "baseline_results": "model_zone",
     "lora_adapters": "model_zone",
     "lora_results": "model_zone",
@@ -43,9 +44,11 @@ def test_lineage_follows_the_seed():
     assert deps["train_pairs_positive"] == {"trusted_recipes", "trusted_images"}
     assert deps["fine_tuning_images"] == {"train_pairs_positive", "test_pairs_positive", "validation_pairs_positive"}
     assert deps["augmented_training_pairs"] == {"fine_tuning_images", "train_pairs_positive"}
-    assert deps["baseline_results"] == {"fine_tuning_images", "test_pairs_positive"}
-    assert deps["lora_adapters"] == {"fine_tuning_images", "augmented_training_pairs", "validation_pairs_positive"}
-    assert deps["lora_results"] == {"lora_adapters", "test_pairs_positive", "baseline_results"}
+    assert deps["preprocessed_images"] == {"fine_tuning_images", "augmented_training_pairs"}
+    assert deps["baseline_results"] == {"fine_tuning_images", "preprocessed_images", "test_pairs_positive"}
+    assert deps["lora_adapters"] == {"fine_tuning_images", "preprocessed_images", "augmented_training_pairs",
+                                     "validation_pairs_positive"}
+    assert deps["lora_results"] == {"lora_adapters", "preprocessed_images", "test_pairs_positive", "baseline_results"}
     assert deps["comparison_report"] == {"lora_results", "baseline_results"}
 
 

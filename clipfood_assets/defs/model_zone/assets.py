@@ -11,19 +11,15 @@ from pydantic import Field
 
 from clipfood_assets.defs.io_manager import zone_artifact
 from clipfood_assets.defs.meta import OWNERS, metric_values
+from clipfood_assets.defs.model_zone.image_store import load_processor, opened_images
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.artifacts import Bundle, StoredBundle
-from clipfood_assets.lake.base import Lake
 from clipfood_assets.lake.layout import BASELINE_PREFIX, FINE_TUNING_ZONE, LORA_PREFIX, run_checkpoints_prefix
 from clipfood_assets.modeling.config import ExperimentConfig, load_experiment_config
 
 GROUP = "model_zone"
 RUN_PREFIX = LORA_PREFIX + "run_{run}/"
-
-
-def _image_loader(store: Lake):
-    return lambda key: store.get_bytes(FINE_TUNING_ZONE, key)
 
 
 def _eval_config(cfg: ExperimentConfig, compute: ComputeResource) -> ExperimentConfig:
@@ -47,7 +43,7 @@ def _headline(results: dict) -> dict:
 
 @dg.asset(
     group_name=GROUP,
-    deps=["fine_tuning_images"],
+    deps=["fine_tuning_images", "preprocessed_images"],
     metadata=zone_artifact(BASELINE_PREFIX),
     description="M0: the base CLIP, not fine-tuned, evaluated on the held-out recipes (recipe-level retrieval "
     "both ways, bootstrap CIs): results_baseline.json and examples_top5.json.",
@@ -69,10 +65,10 @@ def baseline_results(
     base_model = settings.resolve_base_model()
     device = compute.torch_device()
     model, processor = load_clip(base_model, device)
-    results, examples = evaluate_retrieval(
-        model, processor, test_pairs_positive, _image_loader(lake.get_lake()),
-        cfg=_eval_config(cfg, compute), device=device, label="M0",
-    )
+    with opened_images(context, lake.get_lake(), processor, test_pairs_positive["image_key"]) as images:
+        results, examples = evaluate_retrieval(
+            model, processor, test_pairs_positive, images, cfg=_eval_config(cfg, compute), device=device, label="M0",
+        )
     results["base_model"] = base_model
     return dg.Output(
         Bundle({"results_baseline.json": results, "examples_top5.json": examples}),
@@ -91,7 +87,7 @@ class LoraRunConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     partitions_def=experiment_runs,
-    deps=["fine_tuning_images"],
+    deps=["fine_tuning_images", "preprocessed_images"],
     pool="gpu",
     metadata=zone_artifact(RUN_PREFIX),
     description="M1 training for one experiment run: peft LoRA (or the configured peft.method) on both CLIP towers, "
@@ -130,7 +126,9 @@ def lora_adapters(
     device = compute.torch_device()
     context.log.info(f"run {run_key} on {compute.describe()}:\n{config_to_yaml(cfg)}")
 
-    with tempfile.TemporaryDirectory(prefix=f"clipfood-run-{run_key}-") as tmp:
+    keys = [*augmented_training_pairs["image_key"], *validation_pairs_positive["image_key"]]
+    with tempfile.TemporaryDirectory(prefix=f"clipfood-run-{run_key}-") as tmp, \
+            opened_images(context, store, load_processor(cfg.model.name), keys) as images:
         work_dir = Path(tmp)
         checkpoints = run_checkpoints_prefix(run_key)
         restored = download_checkpoints(store, FINE_TUNING_ZONE, checkpoints, work_dir / "checkpoints")
@@ -139,7 +137,7 @@ def lora_adapters(
         result = train_lora(
             cfg.model.name,
             augmented_training_pairs,
-            _image_loader(store),
+            images,
             cfg,
             device=device,
             work_dir=work_dir,
@@ -229,9 +227,10 @@ def _learning_curve_md(run_key: str, logs: dict) -> str:
     owners=OWNERS,
     code_version="2",
     # Only a new training of this run re-evaluates it: evaluating old adapters on a new test set could
-    # score them on recipes they were trained on.
+    # score them on recipes they were trained on (a rebuilt image store changes no test pixel beyond tolerance).
+    deps=["preprocessed_images"],
     automation_condition=dg.AutomationCondition.eager().ignore(
-        dg.AssetSelection.assets("baseline_results", "test_pairs_positive")
+        dg.AssetSelection.assets("baseline_results", "test_pairs_positive", "preprocessed_images")
     ),
 )
 def lora_results(
@@ -251,10 +250,10 @@ def lora_results(
     with tempfile.TemporaryDirectory(prefix="clipfood-adapters-") as tmp:
         adapter_dir = lora_adapters.download("adapters", Path(tmp) / "adapters")
         model, processor = load_adapted_model(cfg.model.name, adapter_dir, device, merge=True)
-    results, examples = evaluate_retrieval(
-        model, processor, test_pairs_positive, _image_loader(lake.get_lake()),
-        cfg=_eval_config(cfg, compute), device=device, label="M1",
-    )
+    with opened_images(context, lake.get_lake(), processor, test_pairs_positive["image_key"]) as images:
+        results, examples = evaluate_retrieval(
+            model, processor, test_pairs_positive, images, cfg=_eval_config(cfg, compute), device=device, label="M1",
+        )
     results["run_key"] = context.partition_key
     results["base_model"] = cfg.model.name
     results["efficiency"].update({k: v for k, v in logs.get("efficiency", {}).items() if k in (
