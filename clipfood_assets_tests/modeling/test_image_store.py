@@ -365,3 +365,42 @@ def test_cache_folder_follows_the_argument_then_the_environment(monkeypatch, tmp
     assert resolve_store_cache_dir(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("CLIPFOOD_CACHE_DIR")
     assert resolve_store_cache_dir().name == "image_store"
+
+
+def test_the_cuda_batch_path_with_a_stand_in_nvjpeg(monkeypatch, processor, reference):
+    """decode_batch_cuda's plumbing on CPU: a stand-in for torchvision's decode_jpeg (PIL, full decode) takes
+    the JPEGs; PNGs, EXIF-rotated JPEGs and bad bytes go to the CPU decoder, results stay in order."""
+    import sys
+    import types
+
+    from clipfood_assets.modeling.image_store import CPU_DECODER, CUDA_DECODER, decode_batch_cuda
+
+    taken = []
+
+    def decode_jpeg(data, mode=None, device=None):
+        if isinstance(data, list):
+            return [decode_jpeg(d, mode, device) for d in data]
+        taken.append(len(data))
+        rgb = np.asarray(decode_rgb(bytes(data.numpy())))
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous().to(device)
+
+    fake = types.ModuleType("torchvision.io")
+    fake.decode_jpeg = decode_jpeg
+    fake.ImageReadMode = types.SimpleNamespace(RGB="RGB")
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", fake)
+
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(io.BytesIO(_photo(3))).save(rotated, format="JPEG", quality=90, exif=exif)
+    items = [("a.jpg", _photo(1)), ("b.png", _photo(2, fmt="PNG")), ("c.jpg", rotated.getvalue()),
+             ("d.jpg", b"garbage"), ("e.jpg", _photo(4, (300, 200)))]
+    results = decode_batch_cuda(items, resize_crop_of(reference), torch.device("cpu"))
+    assert [r[0] for r in results] == [k for k, _ in items]
+    assert [r[4] for r in results] == [CUDA_DECODER, CPU_DECODER, CPU_DECODER, "", CUDA_DECODER]
+    assert results[3][1] is None and results[3][2] == NOT_AN_IMAGE
+    assert len(taken) == 2
+    for key, pixels, *_ in results:
+        if pixels is not None:
+            _within(torch.from_numpy(pixels), reference.decode_uint8(dict(items)[key]), TOLERANCE)
