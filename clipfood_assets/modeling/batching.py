@@ -202,7 +202,7 @@ class StepBuilder:
         self.codes = pairs.recipe_codes()
 
     def _pinned(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.pin_memory() if self.pin_memory else tensor
+        return tensor.pin_memory() if self.pin_memory and not tensor.is_pinned() else tensor
 
     def build(self, batch: np.ndarray) -> Step:
         pairs, sharding = self.pairs, self.sharding

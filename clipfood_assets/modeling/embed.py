@@ -212,7 +212,7 @@ def iter_source_batches(keys: Sequence[str], source: ImageSource, *, batch_size:
 
     def read(chunk: list[str]) -> torch.Tensor:
         batch = source.get(chunk)
-        return batch.pin_memory() if pin_memory else batch
+        return batch.pin_memory() if pin_memory and not batch.is_pinned() else batch
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-batches") as pool:
         pending = deque(pool.submit(read, c) for c in chunks[:_PREFETCH_BATCHES])

@@ -247,7 +247,9 @@ def compile_towers(model) -> None:
     inductor_config.fallback_random = True
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for tower in (base.vision_model, base.text_model):
-        tower.compile(dynamic=False)
+        # Default dynamism: a second batch shape (the text batch varies with the labelled
+        # negatives, an epoch's last step is short) compiles one shape-generic graph.
+        tower.compile()
 
 
 class ResidentImages:
