@@ -32,7 +32,7 @@ from transformers import CLIPConfig, CLIPModel
 from clipfood_assets.modeling.clip import autocast_context, describe_device, resolve_device, resolve_precision
 from clipfood_assets.modeling.config import LoraSettings, load_experiment_config
 from clipfood_assets.modeling.efficiency import configure_cpu_threads, peak_memory, reset_peak_memory, synchronize
-from clipfood_assets.modeling.lora import apply_lora, count_parameters, logit_scale_parameter
+from clipfood_assets.modeling.lora import apply_adapters, count_parameters, logit_scale_parameter
 from clipfood_assets.modeling.losses import (
     FeatureCacheAccumulator,
     accumulate_per_micro_batch,
@@ -61,7 +61,7 @@ def build_model(kind: str, device: torch.device) -> tuple[torch.nn.Module, int, 
         directory = build_base_model(Path(tempfile.mkdtemp(prefix="bench_tiny_")) / "tiny", pretrain_steps=0)
         config = CLIPConfig.from_pretrained(directory)
     model = CLIPModel(config)
-    model = apply_lora(model, LoraSettings()).to(device)
+    model = apply_adapters(model, LoraSettings()).to(device)
     model.train()
     text = config.text_config
     return model, config.vision_config.image_size, text.vocab_size, text.eos_token_id

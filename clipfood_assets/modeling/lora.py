@@ -74,7 +74,7 @@ def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: str) ->
     raise ValueError(f"unknown peft method {method!r}; expected lora, dora, loha, lokr or ia3")
 
 
-def apply_lora(
+def apply_adapters(
     model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True, method: str = "lora"
 ) -> PeftModel:
     """Wrap ``model`` with peft adapters of ``method`` (lora | dora | loha | lokr | ia3; base weights

@@ -74,7 +74,7 @@ from clipfood_assets.modeling.efficiency import (
 from clipfood_assets.modeling.embed import ImagePreprocessor, text_max_length
 from clipfood_assets.modeling.images import DecodedImages, ImageSource, LoadImage
 from clipfood_assets.modeling.lora import (
-    apply_lora,
+    apply_adapters,
     check_quantization,
     count_parameters,
     load_quantized_clip,
@@ -721,7 +721,7 @@ def _load_trainable_clip(base_model: str, cfg: ExperimentConfig, device: torch.d
     frozen_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if cfg.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    model = apply_lora(model, cfg.lora, train_logit_scale=cfg.training.train_logit_scale, method=cfg.peft.method)
+    model = apply_adapters(model, cfg.lora, train_logit_scale=cfg.training.train_logit_scale, method=cfg.peft.method)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()

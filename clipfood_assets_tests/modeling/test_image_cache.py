@@ -21,7 +21,7 @@ from clipfood_assets.modeling.image_cache import (
     ImageTensorCache,
     resolve_cache_root,
 )
-from clipfood_assets.modeling.lora import apply_lora, logit_scale_parameter
+from clipfood_assets.modeling.lora import apply_adapters, logit_scale_parameter
 from clipfood_assets.modeling.losses import FeatureCacheAccumulator, contrastive_loss
 from clipfood_assets.modeling.train import enable_gradient_checkpointing
 
@@ -205,7 +205,7 @@ def _lora_step(random_clip, checkpointing: bool) -> tuple[float, dict[str, torch
         return forward(*args, **kwargs)
 
     mlp.forward = counted_forward
-    model = apply_lora(model, LoraSettings(r=4, lora_dropout=0.1)).train()
+    model = apply_adapters(model, LoraSettings(r=4, lora_dropout=0.1)).train()
     logit_scale = logit_scale_parameter(model)
     generator = torch.Generator().manual_seed(1)
     micros = [

@@ -14,7 +14,7 @@ from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
 from clipfood_assets.modeling.embed import embed_images, embed_texts
 from clipfood_assets.modeling.lora import (
-    apply_lora,
+    apply_adapters,
     count_parameters,
     load_adapted_model,
     logit_scale_parameter,
@@ -37,7 +37,7 @@ def test_vit_b32_lora_parameter_counts_match_the_seed(scope, lora_params):
     base = _vit_b32_on_meta()
     assert count_parameters(base) == (151_277_313, 151_277_313)
     with torch.device("meta"):
-        adapted = apply_lora(base, LoraSettings(scope=scope))
+        adapted = apply_adapters(base, LoraSettings(scope=scope))
     trainable, total = count_parameters(adapted)
     assert trainable == lora_params + 1  # + logit_scale
     assert total == 151_277_313 + lora_params
@@ -50,7 +50,7 @@ def test_vit_b32_lora_parameter_counts_match_the_seed(scope, lora_params):
 
 def test_logit_scale_can_stay_frozen():
     with torch.device("meta"):
-        adapted = apply_lora(_vit_b32_on_meta(), LoraSettings(), train_logit_scale=False)
+        adapted = apply_adapters(_vit_b32_on_meta(), LoraSettings(), train_logit_scale=False)
     assert count_parameters(adapted)[0] == 983_040
 
 
@@ -62,7 +62,7 @@ def test_unknown_target_modules_are_rejected():
 def test_save_load_merge_round_trip(tiny_model_dir, tmp_path, synthetic_data):
     torch.manual_seed(0)
     model, processor = load_clip(tiny_model_dir)
-    adapted = apply_lora(model, LoraSettings(r=4, lora_alpha=8))
+    adapted = apply_adapters(model, LoraSettings(r=4, lora_alpha=8))
     with torch.no_grad():  # lora_B starts at zero; make the adapters do something
         for name, parameter in adapted.named_parameters():
             if "lora_B" in name:
@@ -108,7 +108,7 @@ def test_each_peft_method_trains_a_step_and_round_trips_save_load_merge(method, 
     from clipfood_assets.modeling.clip import load_clip
 
     model, processor = load_clip(tiny_model_dir)
-    adapted = apply_lora(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0), method=method)
+    adapted = apply_adapters(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0), method=method)
     trainable, total = count_parameters(adapted)
     assert 0 < trainable < total
     inputs = processor(text=["tomato soup", "apple pie"], images=[Image.new("RGB", (64, 64), c) for c in
@@ -134,7 +134,7 @@ def test_an_unknown_method_and_qlora_without_cuda_are_refused_clearly():
     from clipfood_assets.modeling.lora import check_quantization
 
     with pytest.raises(ValueError, match="unknown peft method 'vera'"):
-        apply_lora(_vit_b32_on_meta(), LoraSettings(), method="vera")
+        apply_adapters(_vit_b32_on_meta(), LoraSettings(), method="vera")
     check_quantization("none", "cpu")
     with pytest.raises(ValueError, match=r"peft.quantization: 4bit \(QLoRA\) needs a CUDA GPU"):
         check_quantization("4bit", "cpu")
@@ -145,5 +145,5 @@ def test_qlora_trains_on_cuda(tiny_model_dir):
     from clipfood_assets.modeling.lora import load_quantized_clip
 
     model = load_quantized_clip(str(tiny_model_dir), "cuda")
-    adapted = apply_lora(model, LoraSettings(r=4), method="lora")
+    adapted = apply_adapters(model, LoraSettings(r=4), method="lora")
     assert 0 < count_parameters(adapted)[0]
