@@ -151,13 +151,13 @@ def main() -> None:
                 assert result.decoded_by.get("cuda") == len(images), result.decoded_by
             print(f"  {'cuda':<9}  decode {statistics.median(r[0] for r in cuda_runs[1:]):8.0f} img/s   "
                   f"whole build {statistics.median(r[1] for r in cuda_runs[1:]):8.0f} img/s  (nvjpeg + torch resize)")
-            reference = ImagePreprocessor(processor, image_cache=False)
+            reference = ImagePreprocessor(processor)
             with PackedImageStore(lake, "fine-tuning-zone", result.prefix, cache_dir=root / "cuda-cache",
                                   pin_memory=False) as store:
                 pixels = store.get(keys)
             means, tops = [], []
             for row, key in enumerate(keys):
-                diff = (pixels[row].int() - reference.decode_uint8(images[key]).int()).abs()
+                diff = (pixels[row].int() - reference.to_uint8(images[key]).int()).abs()
                 means.append(float(diff.float().mean()))
                 tops.append(int(diff.max()))
             within = max(means) <= TOLERANCE["mean_abs"] and max(tops) <= TOLERANCE["max_abs"]
@@ -170,8 +170,8 @@ def main() -> None:
             epoch_store(store, keys, args.batch, seed=0)  # warm: shards copied, verified, paged in
             store_s = [epoch_store(store, keys, args.batch, seed=r) for r in range(args.repeats)]
             shards, size = result.shards, result.bytes
-        full = ImagePreprocessor(processor, image_cache=False)
-        draft = ImagePreprocessor(processor, fast_jpeg_decode=True, image_cache=False)
+        full = ImagePreprocessor(processor)
+        draft = ImagePreprocessor(processor, fast_jpeg_decode=True)
         full_s = [epoch_decoded(images, full, keys, args.batch, args.workers, seed=r) for r in range(args.repeats)]
         draft_s = [epoch_decoded(images, draft, keys, args.batch, args.workers, seed=r) for r in range(args.repeats)]
 

@@ -129,12 +129,12 @@ def bench_embedding_path(args, root: Path) -> None:
     model, processor = load_clip(build_base_model(root / "tiny", pretrain_steps=0))
     keys = [o.key for o in lake.list(TRUSTED_ZONE, "images/")]
     load = lambda key: lake.get_bytes(TRUSTED_ZONE, key)  # noqa: E731
-    embed_images(model, processor, keys[:32], load, batch_size=64, device="cpu", image_cache=False)  # warm-up
+    embed_images(model, processor, keys[:32], load, batch_size=64, device="cpu")  # warm-up
 
     plain, ours = [], []
     for repeat in range(args.repeats):  # alternated, medians: other jobs on the cores hit both alike
         start = time.perf_counter()
-        embed_images(model, processor, keys, load, batch_size=64, device="cpu", image_cache=False)
+        embed_images(model, processor, keys, load, batch_size=64, device="cpu")
         plain.append(time.perf_counter() - start)
         store = EmbeddingStore(lake, f"mbenchembed{repeat:02d}", IMAGES)
         items, quarantined = trusted_image_items(lake)
@@ -169,7 +169,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp_dir, prefix="bench_vector_index_") as tmp:
         os.environ["CLIPFOOD_HOME"] = tmp
-        os.environ["CLIPFOOD_IMAGE_CACHE"] = "0"
         total = time.perf_counter()
         bench_index(args, Path(tmp))
         if args.images:

@@ -308,7 +308,7 @@ def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, rep
     pixels = store.get(keys[:batch]).to(device)
     from clipfood_assets.modeling.embed import ImagePreprocessor
 
-    preprocessor = ImagePreprocessor(processor, image_cache=False)
+    preprocessor = ImagePreprocessor(processor)
 
     @torch.inference_mode()
     def forward_only() -> float:
@@ -349,7 +349,7 @@ def store_vs_jpeg_epoch(lake, store, processor, batch: int) -> float:
     for chunk in range(0, len(keys), batch):
         store.get(keys[chunk:chunk + batch])
     from_store = time.perf_counter() - started
-    preprocessor = ImagePreprocessor(processor, image_cache=False)
+    preprocessor = ImagePreprocessor(processor)
     started = time.perf_counter()
     for _ in iter_uint8_batches(keys, lambda k: lake.get_bytes(FINE_TUNING_ZONE, k), preprocessor,
                                 batch_size=batch, workers=default_decode_workers()):

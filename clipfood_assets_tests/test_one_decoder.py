@@ -22,6 +22,8 @@ from clipfood_assets.data.augment_config import AugmentationConfig
 from clipfood_assets.data.decode import BACKGROUND_RGB, DECODER_VERSION, decode_rgb
 from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images, iter_uint8_batches
 from clipfood_assets.modeling.search import RunSearcher
+from clipfood_assets.modeling.image_decode import decode_resize_crop, resize_crop_of
+from clipfood_assets.modeling.image_store import TOLERANCE, store_signature
 from clipfood_assets.modeling.images import DecodedImages
 from clipfood_assets.reporting.examples_figure import ThumbnailCache
 
@@ -187,30 +189,36 @@ def test_augmentation_sees_the_same_pixels(photo):
     assert render_variants(data, [7, 8], cfg) == render_variants(reference, [7, 8], cfg), mode
 
 
-def test_training_and_the_tensor_cache_see_the_same_pixels(photo, processor, tmp_path):
+def test_training_and_the_packed_store_see_the_same_pixels(photo, processor):
     mode, data, reference = photo
-    plain = ImagePreprocessor(processor, image_cache=False)
-    cached = ImagePreprocessor(processor, image_cache=tmp_path / "cache")
-    expected = plain.to_uint8(reference)
-    blobs = {"photo": data}
-    for preprocessor in (plain, cached, cached):  # the second cached call is a cache hit
-        images = DecodedImages(blobs.__getitem__, preprocessor, workers=1)
-        try:
-            assert torch.equal(images.get(["photo"])[0], expected), mode
-        finally:
-            images.close()
-    assert DECODER_VERSION in str(cached.signature())  # tensors of another decoder are never reused
+    preprocessor = ImagePreprocessor(processor)
+    expected = preprocessor.to_uint8(reference)
+    images = DecodedImages({"photo": data}.__getitem__, preprocessor, workers=1)
+    try:
+        assert torch.equal(images.get(["photo"])[0], expected), mode
+    finally:
+        images.close()
+    # The store's decoder: DCT-scaled JPEG decoding (within the store's tolerance), every other
+    # format decoded exactly as training decodes it.
+    stored = torch.from_numpy(decode_resize_crop(data, resize_crop_of(preprocessor)))
+    difference = (stored.int() - expected.int()).abs()
+    if Image.open(io.BytesIO(data)).format == "JPEG":
+        assert float(difference.float().mean()) <= TOLERANCE["mean_abs"], mode
+        assert int(difference.max()) <= TOLERANCE["max_abs"], mode
+    else:
+        assert torch.equal(stored, expected), mode
+    assert DECODER_VERSION in str(store_signature(processor))  # pixels of another decoder are never reused
 
 
 def test_evaluation_and_search_see_the_same_pixels(photo, processor, model):
     mode, data, reference = photo
-    preprocessor = ImagePreprocessor(processor, image_cache=False)
+    preprocessor = ImagePreprocessor(processor)
     blobs = {"photo": data, "reference": reference}
     got = list(iter_uint8_batches(["photo", "reference"], blobs.__getitem__, preprocessor, batch_size=2, workers=2))
     assert torch.equal(got[0][0], got[0][1]), mode
 
     embedded, _ = embed_images(model, processor, ["photo", "reference"], blobs.__getitem__, batch_size=2,
-                               device="cpu", image_cache=False)
+                               device="cpu")
     assert np.allclose(embedded[0], embedded[1], atol=1e-6), mode
     captions = pd.DataFrame({"caption": ["a", "b", "c"], "recipe_id": ["1", "2", "3"]})
     searcher = RunSearcher(model, processor, torch.device("cpu"), pd.DataFrame(), np.zeros((0, 16), np.float32),
@@ -229,6 +237,6 @@ def test_report_thumbnails_show_the_same_pixels(photo):
 
 
 def test_the_issue_16_bit_photo_reaches_the_model_as_the_photo_not_white(processor):
-    preprocessor = ImagePreprocessor(processor, image_cache=False)
+    preprocessor = ImagePreprocessor(processor)
     pixels = preprocessor.to_uint8(gray16_png()).float()
     assert pixels.mean().item() == pytest.approx(115.0, abs=2.0)  # the issue measured 255.0 here

@@ -27,11 +27,6 @@ from clipfood_assets.modeling.efficiency import (
     reset_peak_memory,
     synchronize,
 )
-from clipfood_assets.modeling.image_cache import (
-    ImageCacheOption,
-    ImageTensorCache,
-    resolve_cache_root,
-)
 from clipfood_assets.modeling.images import ImageSource, LoadImage
 
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
@@ -69,14 +64,11 @@ class ImagePreprocessor:
 
     ``to_uint8(bytes)`` (thread-safe, CPU): decode, EXIF orientation, RGB, resize of the
     shortest edge and centre crop exactly as the processor does, kept as uint8 [3, H, W]
-    (cheap to cache). ``normalize(batch)`` (device): rescale to [0, 1] and standardise.
-
-    ``image_cache`` (see :func:`~clipfood_assets.modeling.image_cache.resolve_cache_root`;
-    default: on unless ``CLIPFOOD_IMAGE_CACHE=0``) keeps each image's uint8 tensor on disk,
-    keyed by the image bytes and :meth:`signature`, so later epochs and runs skip decoding.
+    (what the packed image store holds). ``normalize(batch)`` (device): rescale to [0, 1]
+    and standardise.
     """
 
-    def __init__(self, processor, *, fast_jpeg_decode: bool = False, image_cache: ImageCacheOption = None) -> None:
+    def __init__(self, processor, *, fast_jpeg_decode: bool = False) -> None:
         image_processor = getattr(processor, "image_processor", processor)
         self.fast_jpeg_decode = fast_jpeg_decode
         self.image_processor = image_processor
@@ -93,11 +85,9 @@ class ImagePreprocessor:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        root = resolve_cache_root(image_cache)
-        self.tensor_cache = ImageTensorCache(root, self.signature()) if root is not None else None
 
     def signature(self) -> dict:
-        """Everything that decides the uint8 output: a cache entry is valid only for an equal signature."""
+        """Everything that decides the uint8 output: stored pixels are valid only for an equal signature."""
         signature = {
             "preprocessor": "clip_uint8_chw/1",
             "decoder": DECODER_VERSION,  # cached tensors from another decoder are other pixels
@@ -126,13 +116,7 @@ class ImagePreprocessor:
         return decode_rgb(data, min_short_side=reduce)
 
     def to_uint8(self, data: bytes) -> torch.Tensor:
-        """uint8 tensor [3, H, W] of the resized, centre-cropped image (from the disk cache when there)."""
-        if self.tensor_cache is None:
-            return self.decode_uint8(data)
-        return torch.from_numpy(self.tensor_cache.get_or_compute(data, lambda raw: self.decode_uint8(raw).numpy()))
-
-    def decode_uint8(self, data: bytes) -> torch.Tensor:
-        """uint8 tensor [3, H, W] decoded from ``data``, bypassing the cache."""
+        """uint8 tensor [3, H, W] of the resized, centre-cropped image decoded from ``data``."""
         image = self.decode(data)
         if not self.fast_path:
             out = self.image_processor(images=image, do_rescale=False, do_normalize=False, return_tensors="np")
@@ -250,7 +234,6 @@ def embed_images(
     precision: str = "auto",
     workers: int | None = None,
     fast_jpeg_decode: bool = False,
-    image_cache: ImageCacheOption = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
 
@@ -258,11 +241,9 @@ def embed_images(
     batches read ahead in a thread, pinned on CUDA) or ``load_image(key) -> encoded bytes``
     (JPEG/PNG..., decoded in ``workers`` threads ahead of the model).  The time covers the
     whole path, source to embeddings.
-    ``image_cache``: persistent preprocessed-image cache (None: on unless ``CLIPFOOD_IMAGE_CACHE=0``,
-    at ``CLIPFOOD_CACHE_DIR`` or ``.clipfood/cache/images``; False: off; a path: that directory).
     """
     device = torch.device(device)
-    preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode, image_cache=image_cache)
+    preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode)
     reset_peak_memory(device)
     start = time.perf_counter()
     chunks = []

@@ -5,7 +5,7 @@ worker process starts in a fraction of a second: the store build decodes in a
 ``ProcessPoolExecutor`` whose workers import this module and nothing heavier.
 
 :func:`decode_resize_crop` is CLIP's standard recipe (resize of the shortest edge, centre crop),
-the same steps as :meth:`clipfood_assets.modeling.embed.ImagePreprocessor.decode_uint8` with
+the same steps as :meth:`clipfood_assets.modeling.embed.ImagePreprocessor.to_uint8` with
 ``fast_jpeg_decode=True``; a test checks the two agree bit for bit, and that both stay within
 the store's tolerance of the full decode (see ``image_store.TOLERANCE``).
 """

@@ -20,7 +20,7 @@ Shards are immutable: an update writes new shards (new numbers) first, then inde
 the manifest, and only then deletes shards nothing references any more, so a reader never sees an index
 naming a missing shard.
 
-**Pixels and tolerance.** The reference is ``ImagePreprocessor(processor).decode_uint8`` (a full PIL
+**Pixels and tolerance.** The reference is ``ImagePreprocessor(processor).to_uint8`` (a full PIL
 decode, resize of the shortest edge, centre crop). A store is built by faster paths whose pixels differ
 from the reference by a few levels: DCT-scaled JPEG decoding (PIL ``draft``) on CPU, nvjpeg decoding and a
 torch resize on CUDA. All of them are held to one :data:`TOLERANCE` against the reference (tests measure
@@ -136,7 +136,7 @@ def store_signature(processor) -> dict:
     decoder version, Pillow version), the store format and the tolerance every decoder path meets.
 
     ValueError when the processor is not CLIP's shortest-edge + centre-crop recipe."""
-    reference = ImagePreprocessor(processor, image_cache=False)
+    reference = ImagePreprocessor(processor)
     resize_crop_of(reference)
     return {"store": STORE_FORMAT, "reference": reference.signature(), "tolerance": dict(TOLERANCE)}
 
@@ -564,7 +564,7 @@ def update_image_store(
     from clipfood_assets.modeling.efficiency import available_cores
 
     device = torch.device(device)
-    reference = ImagePreprocessor(processor, image_cache=False)
+    reference = ImagePreprocessor(processor)
     spec = resize_crop_of(reference, draft=True)
     signature = store_signature(processor)
     digest = signature_digest(signature)

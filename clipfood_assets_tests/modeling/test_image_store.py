@@ -79,7 +79,7 @@ def processor():
 
 @pytest.fixture(scope="module")
 def reference(processor):
-    return ImagePreprocessor(processor, image_cache=False)
+    return ImagePreprocessor(processor)
 
 
 def _put(lake, images: dict[str, bytes]) -> None:
@@ -141,7 +141,7 @@ def test_build_and_read_on_every_lake(lake, processor, reference, tmp_path):
         pixels = store.get(keys)
         assert pixels.dtype == torch.uint8 and pixels.shape == (13, 3, SIZE, SIZE)
         for row, key in enumerate(keys):
-            _within(pixels[row], reference.decode_uint8({**IMAGES, **AUGMENTED}[key]), TOLERANCE)
+            _within(pixels[row], reference.to_uint8({**IMAGES, **AUGMENTED}[key]), TOLERANCE)
         assert store.downloads == 4
         assert store.get([]).shape == (0, 3, SIZE, SIZE)
 
@@ -156,13 +156,13 @@ def test_store_pixels_are_the_preprocessors_fast_path_and_near_the_reference(pro
     sources += [_photo(1, (640, 400)), _photo(2, (60, 90)), _photo(3, fmt="PNG", mode="RGBA"), _photo(4, mode="L")]
     for size in (64, 224):
         proc = build_image_processor(size)
-        fast = ImagePreprocessor(proc, fast_jpeg_decode=True, image_cache=False)
-        ref = ImagePreprocessor(proc, image_cache=False)
+        fast = ImagePreprocessor(proc, fast_jpeg_decode=True)
+        ref = ImagePreprocessor(proc)
         spec = resize_crop_of(ref)
         for data in sources:
             mine = torch.from_numpy(decode_resize_crop(data, spec))
-            assert torch.equal(mine, fast.decode_uint8(data))
-            _within(mine, ref.decode_uint8(data), TOLERANCE)
+            assert torch.equal(mine, fast.to_uint8(data))
+            _within(mine, ref.to_uint8(data), TOLERANCE)
 
 
 def test_torch_resize_matches_pil_within_its_tolerance():
@@ -172,13 +172,13 @@ def test_torch_resize_matches_pil_within_its_tolerance():
     sources = [render_dish_image(generate_recipes(1, seed=4)[0], 1, seed=4), _photo(5, (640, 400)),
                _photo(6, (50, 90)), _photo(7, (40, 30))]  # the last is smaller than the crop: padded
     for size in (32, 224):
-        ref = ImagePreprocessor(build_image_processor(size), image_cache=False)
+        ref = ImagePreprocessor(build_image_processor(size))
         spec = resize_crop_of(ref)
         full = [torch.from_numpy(np.asarray(decode_rgb(d)).copy()).permute(2, 0, 1).contiguous() for d in sources]
         batch = resize_crop_uint8(full, spec)
         assert batch.shape == (len(sources), 3, size, size) and batch.dtype == torch.uint8
         for row, data in enumerate(sources):
-            _within(batch[row], ref.decode_uint8(data), RESIZE_TOLERANCE)
+            _within(batch[row], ref.to_uint8(data), RESIZE_TOLERANCE)
 
 
 def test_update_decodes_only_new_and_changed_images(local_lake, processor, reference, tmp_path):
@@ -212,7 +212,7 @@ def test_update_decodes_only_new_and_changed_images(local_lake, processor, refer
 
     with PackedImageStore.open(lake, processor, cache_dir=tmp_path / "cache") as store:
         assert not set(gone) & set(store.keys()) and set(added) <= set(store.keys())
-        _within(store.get([changed])[0], reference.decode_uint8(_photo(50)), TOLERANCE)
+        _within(store.get([changed])[0], reference.to_uint8(_photo(50)), TOLERANCE)
 
 
 def test_shards_mostly_orphaned_are_compacted(local_lake, processor, reference, tmp_path):
@@ -228,7 +228,7 @@ def test_shards_mostly_orphaned_are_compacted(local_lake, processor, reference, 
     with PackedImageStore.open(local_lake, processor, cache_dir=tmp_path / "cache") as store:
         assert store.keys() == keys[3:]
         for key, pixels in zip(keys[3:5], store.get(keys[3:5])):
-            _within(pixels, reference.decode_uint8(IMAGES[key]), TOLERANCE)
+            _within(pixels, reference.to_uint8(IMAGES[key]), TOLERANCE)
 
 
 def test_bad_images_are_recorded_not_fatal_and_not_retried(lake, processor):
@@ -403,4 +403,4 @@ def test_the_cuda_batch_path_with_a_stand_in_nvjpeg(monkeypatch, processor, refe
     assert len(taken) == 2
     for key, pixels, *_ in results:
         if pixels is not None:
-            _within(torch.from_numpy(pixels), reference.decode_uint8(dict(items)[key]), TOLERANCE)
+            _within(torch.from_numpy(pixels), reference.to_uint8(dict(items)[key]), TOLERANCE)
