@@ -27,6 +27,7 @@ from clipfood_assets.modeling.efficiency import (
     reset_peak_memory,
     synchronize,
 )
+from clipfood_assets.modeling.image_decode import decode_resize_crop, resize_crop_of
 from clipfood_assets.modeling.images import ImageSource, LoadImage
 
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
@@ -117,26 +118,11 @@ class ImagePreprocessor:
 
     def to_uint8(self, data: bytes) -> torch.Tensor:
         """uint8 tensor [3, H, W] of the resized, centre-cropped image decoded from ``data``."""
-        image = self.decode(data)
-        if not self.fast_path:
-            out = self.image_processor(images=image, do_rescale=False, do_normalize=False, return_tensors="np")
-            array = np.clip(np.rint(out["pixel_values"][0]), 0, 255).astype(np.uint8)
-            return torch.from_numpy(array)
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
-        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-        if new_size != image.size:
-            image = image.resize(new_size, resample=self.resample)
-        crop_h, crop_w = self.crop
-        if (crop_w, crop_h) != image.size:
-            if crop_w > image.size[0] or crop_h > image.size[1]:
-                padded = Image.new("RGB", (max(crop_w, image.size[0]), max(crop_h, image.size[1])))
-                padded.paste(image, ((padded.size[0] - image.size[0]) // 2, (padded.size[1] - image.size[1]) // 2))
-                image = padded
-            top, left = (image.size[1] - crop_h) // 2, (image.size[0] - crop_w) // 2
-            image = image.crop((left, top, left + crop_w, top + crop_h))
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        if self.fast_path:  # the packed store's own steps (one owner of the resize and crop)
+            return torch.from_numpy(decode_resize_crop(data, resize_crop_of(self, draft=self.fast_jpeg_decode)))
+        out = self.image_processor(images=self.decode(data), do_rescale=False, do_normalize=False,
+                                   return_tensors="np")
+        return torch.from_numpy(np.clip(np.rint(out["pixel_values"][0]), 0, 255).astype(np.uint8))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 pixel values [B, 3, H, W] from a uint8 batch (on the batch's device)."""

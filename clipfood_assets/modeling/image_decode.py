@@ -4,10 +4,10 @@ Only Pillow and numpy are imported here (no torch, no transformers, no pandas), 
 worker process starts in a fraction of a second: the store build decodes in a
 ``ProcessPoolExecutor`` whose workers import this module and nothing heavier.
 
-:func:`decode_resize_crop` is CLIP's standard recipe (resize of the shortest edge, centre crop),
-the same steps as :meth:`clipfood_assets.modeling.embed.ImagePreprocessor.to_uint8` with
-``fast_jpeg_decode=True``; a test checks the two agree bit for bit, and that both stay within
-the store's tolerance of the full decode (see ``image_store.TOLERANCE``).
+:func:`decode_resize_crop` is CLIP's standard recipe (resize of the shortest edge, centre crop):
+:meth:`clipfood_assets.modeling.embed.ImagePreprocessor.to_uint8` calls it too, so training,
+evaluation and the store resize and crop in one place; with DCT scaling (``draft``) the pixels
+stay within the store's tolerance of the full decode (see ``image_store.TOLERANCE``).
 """
 
 from __future__ import annotations
