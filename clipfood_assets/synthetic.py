@@ -144,7 +144,6 @@ DESCRIPTORS: tuple[str, ...] = (
     "Grandma's",
     "Best",
 )
-VISUAL_DESCRIPTORS = frozenset({"Spicy", "Creamy", "Cheesy", "Herbed", "Grilled", "Glazed"})
 _SUFFIXES: tuple[str, ...] = (" (Easy)", " (Quick)", " (Make Ahead)", " (Gluten-Free)", " II", " Recipe")
 _PANTRY: tuple[str, ...] = (
     "1 tbsp olive oil",

@@ -120,14 +120,6 @@ def render_variants(source: bytes, seeds: list[int], cfg: AugmentationConfig) ->
     return results
 
 
-def render_augmented_image(source: bytes, seed: int, cfg: AugmentationConfig) -> tuple[bytes, list[str]]:
-    """Render one augmented variant: (JPEG bytes at quality 90, names of the image ops applied).
-
-    Same source, seed and config -> identical bytes.
-    """
-    return render_variants(source, [seed], cfg)[0]
-
-
 def render_all(
     plan: pd.DataFrame,
     read: Callable[[str], bytes],

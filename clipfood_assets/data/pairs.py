@@ -13,8 +13,6 @@ from clipfood_assets.data.trusted import RECIPES_KEY
 
 log = logging.getLogger(__name__)
 
-PAIR_COLUMNS = ["recipe_id", "image_key", "caption"]
-
 
 def _usable(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as an object array of strings, and a mask of the usable ones (present, not blank)."""
@@ -182,7 +180,7 @@ def split_by_recipe(
     return train, test
 
 
-def exclude_quarantined(pairs: pd.DataFrame, records: list[QuarantineRecord]) -> pd.DataFrame:
-    """Pairs whose image_key is not the source of any quarantine record (order kept)."""
+def exclude_quarantined(rows: pd.DataFrame, records: list[QuarantineRecord]) -> pd.DataFrame:
+    """Rows (images or pairs) whose image_key is not the source of any quarantine record (order kept)."""
     bad_keys = {record.source for record in records}
-    return pairs[~pairs["image_key"].isin(bad_keys)].reset_index(drop=True)
+    return rows[~rows["image_key"].isin(bad_keys)].reset_index(drop=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from clipfood_assets.data.pairs import build_positive_pairs, split_by_recipe
+from clipfood_assets.data.pairs import build_positive_pairs, exclude_quarantined, split_by_recipe
 from clipfood_assets.data.quarantine import quarantine_frame
 from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_images
@@ -108,8 +108,7 @@ def read_positive_pairs(
         max_pixels=max_image_pixels,
         progress=progress,
     )
-    bad = {q.source for q in image_quarantine}
-    images = images[~images["image_key"].isin(bad)]
+    images = exclude_quarantined(images, image_quarantine)
 
     pairs, pair_quarantine = build_positive_pairs(
         recipes, images, min_caption_chars=min_caption_chars, max_caption_chars=max_caption_chars

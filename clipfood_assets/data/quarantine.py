@@ -6,7 +6,6 @@ lands here with a short, stable reason code so counts can be compared across run
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -46,9 +45,3 @@ def quarantine_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
     """
     rows = [(storable(str(r.source)), storable(str(r.reason)), storable(str(r.detail))) for r in records]
     return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS).astype("str")
-
-
-def reason_counts(records: Iterable[QuarantineRecord]) -> dict[str, int]:
-    """Number of records per reason code, keys sorted for stable output."""
-    counts = Counter(r.reason for r in records)
-    return {reason: counts[reason] for reason in sorted(counts)}

@@ -17,14 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from clipfood_assets.data.decode import (  # noqa: F401 - IMAGE_FORMATS, to_rgb: re-exported
-    DEFAULT_MAX_PIXELS,
-    IMAGE_FORMATS,
-    ImageTooLarge,
-    decode_rgb,
-    open_checked,
-    to_rgb,
-)
+from clipfood_assets.data.decode import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_rgb, open_checked
 from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.quarantine import QuarantineRecord
 
@@ -362,10 +355,6 @@ def validate_image(
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes means corrupt
         return QuarantineRecord(key, "corrupt_image", _clip(f"{type(exc).__name__}: {exc}"))
     return None
-
-
-# The one decoder, under the name callers of this module know.
-load_rgb = decode_rgb
 
 
 def validate_images(

@@ -12,7 +12,6 @@ RECIPES_KEY = "documents/recipes.jsonl"
 TRUSTED_IMAGES_PREFIX = "images/"
 
 # fine-tuning-zone
-DATASETS_PREFIX = "datasets/"
 TRAIN_PAIRS_KEY = "datasets/train_pairs_positive.csv"
 TEST_PAIRS_KEY = "datasets/test_pairs_positive.csv"
 VALIDATION_PAIRS_KEY = "datasets/validation_pairs_positive.csv"

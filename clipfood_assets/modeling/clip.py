@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import torch
 from transformers import CLIPModel, CLIPProcessor
-
-logger = logging.getLogger(__name__)
 
 _OFFLINE_HELP = (
     "Could not load CLIP model {name!r}: the model hub is unreachable and no local copy exists "

@@ -21,7 +21,6 @@ How the work is split, so that N processes compute what one process computes:
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -30,8 +29,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistributedWorld",

@@ -1,12 +1,10 @@
-"""Efficiency measurement: peak memory, wall-clock timers, CPU thread configuration."""
+"""Efficiency measurement: peak memory, device synchronisation, CPU thread configuration."""
 
 from __future__ import annotations
 
 import os
 import resource
 import sys
-import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -74,23 +72,3 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-@dataclass
-class Timer:
-    """Accumulating wall-clock timer: ``with timer: ...`` adds the block's duration."""
-
-    device: torch.device | str | None = None
-    seconds: float = 0.0
-    _start: float = field(default=0.0, repr=False)
-
-    def __enter__(self) -> Timer:
-        if self.device is not None:
-            synchronize(self.device)
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device is not None:
-            synchronize(self.device)
-        self.seconds += time.perf_counter() - self._start

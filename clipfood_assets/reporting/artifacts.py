@@ -20,7 +20,6 @@ DIRECTION_LABELS = {"text_to_image": "text→image", "image_to_text": "image→t
 ALL_METRICS = ("R@1", "R@5", "R@10", "MRR", "MedianRank", "MeanRank")
 # Metrics on a [0, 1] scale, higher is better: the ones plotted as bars.
 SCORE_METRICS = ("R@1", "R@5", "R@10", "MRR")
-LOWER_IS_BETTER = frozenset({"MedianRank", "MeanRank"})
 PRIMARY_METRIC = "text_to_image/R@1"
 HYPERPARAMETERS = (
     "peft.method",

@@ -9,7 +9,7 @@ from clipfood_assets.data.augment import (
     build_augmented_pairs,
     plan_augmentations,
     render_all,
-    render_augmented_image,
+    render_variants,
 )
 from clipfood_assets.data.augment_config import load_augmentation_config
 from clipfood_assets.data.checks import (
@@ -85,7 +85,7 @@ def test_render_all_writes_every_variant_and_matches_single_render(small_pairs, 
     assert (result.loc[result["kind"] == "text", "image_ops"] == "").all()
     assert progress[-1] == (len(images), len(images)) and [d for d, _ in progress] == sorted(d for d, _ in progress)
     row = images.iloc[3]
-    data, ops = render_augmented_image(store[row["source_image_key"]], int(row["seed"]), cfg)
+    data, ops = render_variants(store[row["source_image_key"]], [int(row["seed"])], cfg)[0]
     assert store[row["image_key"]] == data and "+".join(ops) == row["image_ops"]
     decoded = Image.open(BytesIO(data))
     assert decoded.format == "JPEG" and decoded.size == (24, 24)
@@ -99,8 +99,8 @@ def test_same_seed_same_bytes_across_runs_and_worker_counts(small_pairs, store, 
     assert first == second
     pd.testing.assert_frame_equal(a, b.sort_index())
     source = store[small_pairs["image_key"][0]]
-    assert render_augmented_image(source, 7, cfg) == render_augmented_image(source, 7, cfg)
-    assert render_augmented_image(source, 7, cfg)[0] != render_augmented_image(source, 8, cfg)[0]
+    assert render_variants(source, [7], cfg) == render_variants(source, [7], cfg)
+    assert render_variants(source, [7], cfg)[0][0] != render_variants(source, [8], cfg)[0][0]
 
 
 def test_bad_sources_are_reported_and_write_failures_raise(small_pairs, store, cfg):

@@ -1,4 +1,4 @@
-from clipfood_assets.data.quarantine import QuarantineRecord, quarantine_frame, reason_counts
+from clipfood_assets.data.quarantine import QuarantineRecord, quarantine_frame
 
 
 def test_frame_has_columns_even_when_empty():
@@ -7,7 +7,7 @@ def test_frame_has_columns_even_when_empty():
     assert frame.empty
 
 
-def test_frame_and_counts_reflect_records():
+def test_frame_reflects_records():
     records = [
         QuarantineRecord("images/a.gif", "bad_extension", "x"),
         QuarantineRecord("documents/recipes.jsonl:line 3", "malformed_json", "y"),
@@ -15,8 +15,6 @@ def test_frame_and_counts_reflect_records():
     ]
     frame = quarantine_frame(records)
     assert frame["source"].tolist() == ["images/a.gif", "documents/recipes.jsonl:line 3", "images/b.gif"]
-    assert reason_counts(records) == {"bad_extension": 2, "malformed_json": 1}
-    assert list(reason_counts(records)) == sorted(reason_counts(records))
 
 
 def test_records_are_immutable_and_hashable():

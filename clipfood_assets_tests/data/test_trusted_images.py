@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipfood_assets.data.trusted import load_rgb, parse_image_keys, validate_image
+from clipfood_assets.data.decode import decode_rgb
+from clipfood_assets.data.trusted import parse_image_keys, validate_image
 
 from . import factories as f
 
@@ -107,7 +108,7 @@ VALID_IMAGES = {
 def test_valid_images_pass_and_load_as_rgb(name):
     data = VALID_IMAGES[name]()
     assert validate_image(f"images/{name}__r_0.jpg", data) is None
-    image = load_rgb(data)
+    image = decode_rgb(data)
     assert image.mode == "RGB"
     assert image.size[0] >= 8 and image.size[1] >= 8
 
@@ -146,25 +147,25 @@ def test_bomb_limit_is_explicit_not_pils_global(monkeypatch):
     assert validate_image("k", small, max_pixels=399).reason == "image_too_large"
     assert validate_image("k", small, max_pixels=400) is None
     with pytest.raises(ValueError):
-        load_rgb(f.bomb_png())
+        decode_rgb(f.bomb_png())
 
 
-def test_load_rgb_composites_alpha_on_white_and_applies_exif():
-    rgba = load_rgb(f.rgba_png((16, 16)))
+def test_decode_rgb_composites_alpha_on_white_and_applies_exif():
+    rgba = decode_rgb(f.rgba_png((16, 16)))
     assert rgba.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white, not red
     assert rgba.getpixel((15, 0)) == (0, 0, 255)
-    assert load_rgb(f.palette_png_with_transparency()).getpixel((3, 3)) == (255, 255, 255)
-    rotated = load_rgb(f.exif_rotated_jpeg((40, 20), orientation=6))
+    assert decode_rgb(f.palette_png_with_transparency()).getpixel((3, 3)) == (255, 255, 255)
+    rotated = decode_rgb(f.exif_rotated_jpeg((40, 20), orientation=6))
     assert rotated.size == (20, 40)
 
 
-def test_load_rgb_scales_16_bit_instead_of_clipping():
-    gray = load_rgb(f.gray16_png(value=32896)).getpixel((0, 0))
+def test_decode_rgb_scales_16_bit_instead_of_clipping():
+    gray = decode_rgb(f.gray16_png(value=32896)).getpixel((0, 0))
     assert gray == (128, 128, 128)  # 32896 / 257; a plain convert() would give 255
 
 
-def test_load_rgb_converts_cmyk():
+def test_decode_rgb_converts_cmyk():
     buf = BytesIO()
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(buf, "JPEG")  # pure red in CMYK
-    red = load_rgb(buf.getvalue()).getpixel((8, 8))
+    red = decode_rgb(buf.getvalue()).getpixel((8, 8))
     assert red[0] > 200 and red[1] < 60 and red[2] < 60
