@@ -1,12 +1,12 @@
 """Image copy trusted-zone -> fine-tuning-zone: server-side `copy_images` vs download+upload.
 
-The seed notebook copied every image by downloading it and uploading it again, one at a time.
+The original notebooks copied every image by downloading it and uploading it again, one at a time.
 `copy_images` asks the server to copy (the bytes never reach this process), in parallel, and
 skips images whose ETag already matches. This script times, on one S3 server (moto) with N
 synthetic JPEG-sized objects:
 
   1. copy_images                     (server-side, parallel)
-  2. download + upload, sequential   (the seed notebook's way)
+  2. download + upload, sequential   (the original notebooks' way)
   3. download + upload, parallel     (same thread count as 1)
   4. copy_images again               (idempotent re-run: everything skipped)
 
@@ -175,7 +175,7 @@ def run(n_images: int, repeats: int, workers: int, in_process: bool) -> None:
 
         methods = {
             "copy_images (server-side, parallel)": server_side_copy,
-            "download+upload, sequential (seed)": download_upload_sequential,
+            "download+upload, sequential (notebooks)": download_upload_sequential,
             "download+upload, parallel": download_upload_parallel,
         }
         times: dict[str, list[float]] = {name: [] for name in methods}
@@ -194,11 +194,11 @@ def run(n_images: int, repeats: int, workers: int, in_process: bool) -> None:
             rerun.append(stats.seconds)
 
         medians = {name: statistics.median(t) for name, t in times.items()}
-        reference = medians["download+upload, sequential (seed)"]
-        print(f"{'method':40s} {'median s':>9s} {'images/s':>9s} {'MB/s':>7s} {'vs seed':>8s}")
+        reference = medians["download+upload, sequential (notebooks)"]
+        print(f"{'method':40s} {'median s':>9s} {'images/s':>9s} {'MB/s':>7s} {'vs notebooks':>12s}")
         for name, seconds in medians.items():
             print(f"{name:40s} {seconds:9.2f} {n_images / seconds:9.0f} {total_mb / seconds:7.1f} "
-                  f"{reference / seconds:7.1f}x")
+                  f"{reference / seconds:11.1f}x")
         idle = statistics.median(rerun)
         print(f"{'copy_images re-run (all skipped)':40s} {idle:9.2f} {n_images / idle:9.0f} {'':>7s} "
               f"{reference / idle:7.1f}x")

@@ -3,7 +3,7 @@
 Builds 1,000,000 recipes.jsonl lines and 3,000,000 image keys in memory (keys only, no image
 bytes), then times parse_recipes -> parse_image_keys -> build_positive_pairs -> split_by_recipe.
 Prints the median wall time over repeats and the process's peak RSS next to the targets, and a
-reference: the seed notebook's per-recipe pandas filter loop, measured on a 10,000-recipe subset
+reference: the original notebooks' per-recipe pandas filter loop, measured on a 10,000-recipe subset
 in the same process and extrapolated.
 
     python benchmarks/bench_pairs.py                 # full size (a few minutes on 2 cores)
@@ -84,7 +84,7 @@ def vectorized(lines: list[bytes], keys: list[str]) -> dict[str, float]:
 
 
 def naive_pairs(recipes: pd.DataFrame, images: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """The seed notebook's approach: filter the image table once per recipe."""
+    """The original notebooks' approach: filter the image table once per recipe."""
     pairs = []
     for recipe in recipes.itertuples(index=False):
         matching = images[images["recipe_id"] == recipe.recipe_id]

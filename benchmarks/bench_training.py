@@ -1,15 +1,15 @@
-"""Benchmark: our contrastive training step vs the seed's, same model, same effective batch (32).
+"""Benchmark: our contrastive training step vs the original notebooks', same model, same effective batch (32).
 
 - ours: micro-batch 8 x 4 accumulation with the feature cache: every pair is contrasted with
   the other 31 pairs of the optimizer step.
-- seed-style (the reference, measured in the same process): micro-batch 2 x 16 accumulation,
+- notebook-style (the reference, measured in the same process): micro-batch 2 x 16 accumulation,
   one InfoNCE per micro-batch: 1 negative per pair.
 
 Both run LoRA (r 8, q/k/v/out, both towers) with AdamW and gradient clipping on random
 pixels and token ids (16 tokens, like a recipe title), so the figures are the training
 step itself.  Steps alternate between the two loops; medians over ``--steps`` steps.
 Prints pairs/s, negatives per pair, the time-per-pair ratio (target: ours <= 1.35x the
-seed's) and model FLOPs utilisation (FLOPs of one forward + backward per pair, counted
+notebooks') and model FLOPs utilisation (FLOPs of one forward + backward per pair, counted
 with torch's FlopCounterMode; recomputation in the feature cache is *not* useful work).
 
     python benchmarks/bench_training.py                       # tiny CLIP (hidden 64, 64 px)
@@ -78,7 +78,7 @@ def make_batch(n_pairs: int, micro: int, image_size: int, vocab: int, eos: int, 
 
 
 class Loop:
-    """One optimizer step over a batch, with feature caching (ours) or per micro-batch (seed)."""
+    """One optimizer step over a batch, with feature caching (ours) or per micro-batch (the notebooks' way)."""
 
     def __init__(self, model, device, precision, feature_cache: bool) -> None:
         self.model, self.device, self.precision = model, device, precision
@@ -154,7 +154,7 @@ def run_e2e(device: torch.device, epochs: int) -> None:
     pairs["label"] = 1
     settings = {
         "ours (8 x 4, feature cache)": {"batch_size": 8, "gradient_accumulation_steps": 4},
-        "seed-style (2 x 16, per micro-batch)": {"batch_size": 2, "gradient_accumulation_steps": 16,
+        "notebook-style (2 x 16, per micro-batch)": {"batch_size": 2, "gradient_accumulation_steps": 16,
                                                  "accumulation": "per_micro_batch", "mask_same_recipe": False},
     }
     print(f"\ntrain_lora end to end, tiny CLIP, {len(pairs)} pairs x {epochs} epochs:")
@@ -190,7 +190,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     setups = {
         "ours": (Loop(model, device, precision, feature_cache=True), 8),
-        "seed": (Loop(model, device, precision, feature_cache=False), 2),
+        "notebook": (Loop(model, device, precision, feature_cache=False), 2),
     }
     times: dict[str, list[float]] = {name: [] for name in setups}
     peaks: dict[str, int] = {}
@@ -210,7 +210,7 @@ def main() -> None:
     print(f"{'loop':38s} {'s/step':>8s} {'pairs/s':>9s} {'neg/pair':>9s} {'TFLOP/s':>8s} {'MFU':>6s} {'peak mem':>10s}")
     per_pair = {}
     for name, label, n_micro in (("ours", "ours (8 x 4, feature cache)", 8),
-                                 ("seed", "seed-style (2 x 16, per micro-batch)", 2)):
+                                 ("notebook", "notebook-style (2 x 16, per micro-batch)", 2)):
         median = statistics.median(times[name])
         per_pair[name] = median / EFFECTIVE_BATCH
         recipes = [f"r{i}" for i in range(EFFECTIVE_BATCH if name == "ours" else n_micro)]
@@ -218,9 +218,9 @@ def main() -> None:
         mfu = f"{achieved / peak:6.1%}" if peak else "   n/a"
         print(f"{label:38s} {median:8.3f} {EFFECTIVE_BATCH / median:9.1f} {negatives_per_pair(recipes):9.0f} "
               f"{achieved:8.3f} {mfu} {peaks[name] / 2**20:8.0f} MiB")
-    ratio = per_pair["ours"] / per_pair["seed"]
+    ratio = per_pair["ours"] / per_pair["notebook"]
     verdict = "OK" if ratio <= TARGET_RATIO else "ABOVE TARGET"
-    print(f"\ntime per pair, ours / seed-style: {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
+    print(f"\ntime per pair, ours / notebook-style: {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
     print(f"model FLOPs per pair (forward + backward, LoRA): {flops / 1e9:.2f} GFLOP; peak memory kind: {kind}")
     if args.e2e:
         run_e2e(device, args.e2e_epochs)

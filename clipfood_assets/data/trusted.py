@@ -34,7 +34,8 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _JSON = json.JSONDecoder()
 
 
-def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
+def _truncate(text: str, limit: int = _DETAIL_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in "..." when it was cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -100,12 +101,12 @@ def _coerce_id(raw: object) -> tuple[str | None, str, str]:
     if raw is None:
         return None, "missing_id", "no 'id' field (or null)"
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        return None, "bad_id_type", f"id has type {type(raw).__name__}: {_clip(repr(raw), 80)}"
+        return None, "bad_id_type", f"id has type {type(raw).__name__}: {_truncate(repr(raw), 80)}"
     recipe_id = str(raw)
     if not recipe_id:
         return None, "missing_id", "empty id"
     if not is_storable_text(recipe_id):
-        return None, "unencodable_text", f"id {_clip(ascii(recipe_id), 80)} holds a lone surrogate: UTF-8 cannot store it"
+        return None, "unencodable_text", f"id {_truncate(ascii(recipe_id), 80)} holds a lone surrogate: UTF-8 cannot store it"
     # Image keys spell the id as ``__<id>_<n>``; an id with '/', '__', control characters or
     # surrounding blanks could never be matched (or would be ambiguous), so it is rejected here.
     if (
@@ -114,7 +115,7 @@ def _coerce_id(raw: object) -> tuple[str | None, str, str]:
         or _CONTROL_CHARS.search(recipe_id)
         or recipe_id != recipe_id.strip()
     ):
-        return None, "bad_id_value", f"id cannot appear in an image key: {_clip(repr(recipe_id), 80)}"
+        return None, "bad_id_value", f"id cannot appear in an image key: {_truncate(repr(recipe_id), 80)}"
     return recipe_id, "", ""
 
 
@@ -138,12 +139,12 @@ def _parse_line(raw: bytes, max_line_bytes: int) -> tuple[str, str] | tuple[None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, "not_utf8", _clip(str(exc))
+        return None, "not_utf8", _truncate(str(exc))
     text = text.lstrip("\ufeff")  # a UTF-8 BOM (usually on line 1) is not part of the JSON
     try:
         obj = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:  # ValueError also covers >4300-digit integers
-        return None, "malformed_json", _clip(f"{type(exc).__name__}: {exc}")
+        return None, "malformed_json", _truncate(f"{type(exc).__name__}: {exc}")
     if not isinstance(obj, dict):
         return None, "not_an_object", f"JSON {type(obj).__name__}, expected an object"
     recipe_id, reason, detail = _coerce_id(obj.get("id"))
@@ -151,11 +152,11 @@ def _parse_line(raw: bytes, max_line_bytes: int) -> tuple[str, str] | tuple[None
         return None, reason, detail
     caption, field = _first_title(obj)
     if caption is None and field:
-        return None, "unencodable_text", _clip(
+        return None, "unencodable_text", _truncate(
             f"id {recipe_id!r}: {field} holds a lone surrogate, UTF-8 cannot store it: {ascii(obj[field])}"
         )
     if caption is None:
-        return None, "missing_title", f"id {_clip(recipe_id, 80)!r}: none of {', '.join(TITLE_FIELDS)} is a non-empty string"
+        return None, "missing_title", f"id {_truncate(recipe_id, 80)!r}: none of {', '.join(TITLE_FIELDS)} is a non-empty string"
     return recipe_id, caption
 
 
@@ -204,7 +205,7 @@ def parse_recipes(
         lines_by_id = conflicts.groupby("recipe_id")["line"].apply(list).to_dict()
         for rec in conflicts.itertuples(index=False):
             other = [n for n in lines_by_id[rec.recipe_id] if n != rec.line]
-            detail = _clip(f"id {rec.recipe_id!r} also on line(s) {other} with a different title; caption here: {rec.caption!r}")
+            detail = _truncate(f"id {rec.recipe_id!r} also on line(s) {other} with a different title; caption here: {rec.caption!r}")
             rejected.append((rec.line, QuarantineRecord(_line_source(source, rec.line), "conflicting_duplicate_id", detail)))
 
     kept = rows[~is_conflict]
@@ -347,13 +348,13 @@ def validate_image(
                 image.verify()  # structure and checksums; the object is unusable afterwards
             decode_rgb(data, max_pixels=max_pixels)  # full decode: catches truncation verify() misses
     except (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return QuarantineRecord(key, "image_too_large", _clip(str(exc)))
+        return QuarantineRecord(key, "image_too_large", _truncate(str(exc)))
     except UnidentifiedImageError as exc:
         # A known signature PIL cannot open is a damaged image (e.g. cut after the header).
         reason = "corrupt_image" if data.startswith(_IMAGE_SIGNATURES) else "not_an_image"
-        return QuarantineRecord(key, reason, _clip(str(exc)))
+        return QuarantineRecord(key, reason, _truncate(str(exc)))
     except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes means corrupt
-        return QuarantineRecord(key, "corrupt_image", _clip(f"{type(exc).__name__}: {exc}"))
+        return QuarantineRecord(key, "corrupt_image", _truncate(f"{type(exc).__name__}: {exc}"))
     return None
 
 
@@ -379,7 +380,7 @@ def validate_images(
         except (KeyError, FileNotFoundError) as exc:
             # Gone between listing and reading: a data problem. Any other storage error
             # (server down) propagates, so an outage never quarantines good images.
-            return QuarantineRecord(key, "unreadable_image", _clip(f"{type(exc).__name__}: {exc}"))
+            return QuarantineRecord(key, "unreadable_image", _truncate(f"{type(exc).__name__}: {exc}"))
         return validate_image(key, data, max_pixels=max_pixels, min_side=min_side)
 
     results = bounded_map(check, key_list, workers=workers, total=len(key_list), progress=progress)

@@ -26,7 +26,7 @@ def _truthy(value: str | None) -> bool:
 def lake_from_env(env: Mapping[str, str] | None = None) -> Lake:
     """MinIO when MINIO_ENDPOINT is set, else the embedded local lake (CLIPFOOD_LAKE_DIR).
 
-    MINIO_USER / MINIO_PASSWORD (the seed's names) are accepted for the access and secret key.
+    MINIO_USER / MINIO_PASSWORD (the original notebooks' names) are accepted for the access and secret key.
     """
     env = os.environ if env is None else env
     endpoint = env.get("MINIO_ENDPOINT", "").strip()
@@ -37,7 +37,7 @@ def lake_from_env(env: Mapping[str, str] | None = None) -> Lake:
     if not access or not secret:
         raise LakeError(
             "MINIO_ENDPOINT is set but credentials are missing: set MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
-            "(or the seed's MINIO_USER and MINIO_PASSWORD)"
+            "(or the original notebooks' MINIO_USER and MINIO_PASSWORD)"
         )
     secure = _truthy(env.get("MINIO_SECURE")) or endpoint.startswith("https://")
     return S3Lake(endpoint, access, secret, secure=secure, region=env.get("MINIO_REGION") or None)

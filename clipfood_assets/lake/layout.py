@@ -1,4 +1,4 @@
-"""Where every artifact lives: the seed's zone layout, in one place."""
+"""Where every artifact lives: the original notebooks' zone layout, in one place."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Contrastive losses for image-caption pairs and accumulation that keeps every negative.
 
-The seed trained at micro-batch 2 with 16 accumulation steps and ran InfoNCE per
+The original notebooks trained at micro-batch 2 with 16 accumulation steps and ran InfoNCE per
 micro-batch: one negative per pair.  Here the loss is always computed over the whole
 effective batch (:class:`FeatureCacheAccumulator`, as open_clip's ``accum_freq`` and
 GradCache do): pairs of the same recipe are masked out as false negatives and labelled
@@ -239,7 +239,7 @@ def accumulate_per_micro_batch(
     *,
     scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The seed's accumulation: a separate loss per micro-batch, gradients averaged.
+    """The original notebooks' accumulation: a separate loss per micro-batch, gradients averaged.
 
     Each pair only meets the negatives of its own micro-batch (1 at micro-batch 2).  Kept
     for comparisons (benchmarks, ablation), not as the training default.

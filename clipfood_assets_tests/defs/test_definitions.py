@@ -1,4 +1,4 @@
-"""The definitions load, and the catalogue reads like the seed's flow."""
+"""The definitions load, and the catalogue reads like the original notebooks' flow."""
 
 import dagster as dg
 

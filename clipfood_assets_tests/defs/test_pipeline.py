@@ -9,7 +9,7 @@ from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.artifacts import read_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_prefix
 
-SEED_FILES = {
+NOTEBOOK_FILES = {
     "datasets/train_pairs_positive.csv",
     "datasets/test_pairs_positive.csv",
     "datasets/train_pairs_augmented_with_negatives.csv",
@@ -50,7 +50,7 @@ def test_every_asset_on_the_local_lake_two_runs_coexist(tmp_path, monkeypatch, b
     materialize("r16", _run_config(tmp_path, "r16", 16), base_model=str(base_model), instance=instance)
 
     keys = {o.key for o in lake.list(FINE_TUNING_ZONE)}
-    assert SEED_FILES <= keys
+    assert NOTEBOOK_FILES <= keys
     for run in ("r4", "r16"):
         prefix = run_prefix(run)
         assert {prefix + f for f in RUN_FILES} <= keys
@@ -81,6 +81,6 @@ def test_with_minio_endpoint_the_demo_layout_lands_in_the_buckets(tmp_path, monk
     assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == {"trusted-zone", "fine-tuning-zone"}
     paginator = s3.get_paginator("list_objects_v2")
     keys = {o["Key"] for page in paginator.paginate(Bucket="fine-tuning-zone") for o in page.get("Contents", [])}
-    assert SEED_FILES <= keys
+    assert NOTEBOOK_FILES <= keys
     assert {run_prefix("s3run") + f for f in RUN_FILES} <= keys
     assert any(k.startswith("images/") for k in keys) and any(k.startswith("augmented_images/") for k in keys)

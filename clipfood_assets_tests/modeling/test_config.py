@@ -22,7 +22,7 @@ def test_yaml_file_equals_model_defaults_and_seed_values():
     assert from_file.lora.target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
     t = from_file.training
     assert (t.batch_size, t.effective_batch_size, t.epochs) == ("auto", 32, 3)
-    assert t.micro_batch_size() == 2  # off CUDA: the seed's 2 x 16
+    assert t.micro_batch_size() == 2  # off CUDA: the original notebooks' 2 x 16
 
 
 def test_batch_size_auto_keeps_the_effective_batch():

@@ -1,4 +1,4 @@
-"""LoRA on CLIP: parameter counts of the seed's ViT-B/32 setup, scopes, save/load/merge round trip."""
+"""LoRA on CLIP: parameter counts of the original notebooks' ViT-B/32 setup, scopes, save/load/merge round trip."""
 
 from __future__ import annotations
 
