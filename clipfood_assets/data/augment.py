@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 AUGMENTED_PREFIX = "augmented_images/"
 JPEG_QUALITY = 90
 PLAN_COLUMNS = ["kind", "variant", "source_image_key", "image_key", "recipe_id", "caption", "text_ops", "seed"]
-AUGMENTED_COLUMNS = ["recipe_id", "image_key", "caption", "label", "augmentation", "source_image_key"]
+# negative_recipe_id: the recipe whose caption a negative (label 0) carries, as sample_negatives
+# drew it, so training never has to guess it from the caption; "" on positives.
+AUGMENTED_COLUMNS = ["recipe_id", "image_key", "caption", "label", "augmentation", "source_image_key", "negative_recipe_id"]
 PLAN_CONFIG_ATTR = "augmentation_config"
 _TEXT_STREAM = 1  # text draws come from a stream distinct from the image's (seed, not seed+1)
 
@@ -189,7 +191,8 @@ def build_augmented_pairs(train_pairs: pd.DataFrame, plan_with_ops: pd.DataFrame
 
     plan_with_ops is render_all's output (rows with an ``error`` are left out). Raises ValueError
     if a plan row does not come from one of these training pairs (guards against test leakage).
-    Columns: recipe_id, image_key, caption, label, augmentation, source_image_key; sorted.
+    Columns: recipe_id, image_key, caption, label, augmentation, source_image_key,
+    negative_recipe_id (the recipe of a negative's caption, "" on positives); sorted.
     """
     train = _canonical_pairs(train_pairs)
     originals = train.assign(label=1, augmentation="none", source_image_key=train["image_key"])
@@ -216,13 +219,13 @@ def build_augmented_pairs(train_pairs: pd.DataFrame, plan_with_ops: pd.DataFrame
             image_ops[ok], plan.loc[ok, "text_ops"].fillna("").astype("str"), plan.loc[ok, "kind"]
         )
         frames.append(augmented)
-    positives = pd.concat(frames, ignore_index=True).drop_duplicates(["image_key", "caption"])
+    positives = pd.concat(frames, ignore_index=True).drop_duplicates(["image_key", "caption"]).assign(negative_recipe_id="")
     combined = [positives]
     if cfg.negatives.per_positive > 0:
         negatives = sample_negatives(
             positives[["recipe_id", "image_key", "caption", "source_image_key"]], cfg.negatives.per_positive, cfg.seed
         )
-        combined.append(negatives.drop(columns="negative_recipe_id").assign(augmentation="negative"))
+        combined.append(negatives.assign(augmentation="negative"))
     result = pd.concat(combined, ignore_index=True)[AUGMENTED_COLUMNS]
     result = result.astype({c: "str" for c in AUGMENTED_COLUMNS if c != "label"}).astype({"label": "int64"})
     result = result.sort_values(

@@ -55,9 +55,10 @@ class TrainingPairs:
 def prepare_training_pairs(train_pairs: pd.DataFrame, *, use_labelled_negatives: bool = True) -> TrainingPairs:
     """Split labelled rows into positives (label 1) and per-image negative captions (label 0).
 
-    A negative caption's recipe is taken from a ``caption_recipe_id`` / ``negative_recipe_id``
-    column when present, else from the positive pair with the same caption; negatives that
-    turn out to be the image's own recipe are dropped (they are not negatives).
+    A negative caption's recipe is read from the ``negative_recipe_id`` column that
+    ``build_augmented_pairs`` writes (or a ``caption_recipe_id`` column), and only guessed from
+    the positive pair with the same caption when neither is there; negatives that turn out to
+    be the image's own recipe are dropped (they are not negatives).
     """
     missing = {"recipe_id", "image_key", "caption"} - set(train_pairs.columns)
     if missing:
@@ -84,6 +85,8 @@ def prepare_training_pairs(train_pairs: pd.DataFrame, *, use_labelled_negatives:
         if recipe_column is not None:
             caption_recipes = negatives[recipe_column].astype(str)
         else:
+            # Fallback for frames without the column: augmented CSVs written before it existed, and
+            # hand-made pairs. The recipe is guessed from the positive pair with the same caption.
             owners = positives.drop_duplicates("caption").set_index("caption")["recipe_id"]
             shared = positives.groupby("caption")["recipe_id"].nunique()
             owners = owners[shared[owners.index] == 1]  # a caption of several recipes identifies none

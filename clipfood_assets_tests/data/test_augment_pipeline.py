@@ -143,8 +143,15 @@ def test_render_uses_threads(small_pairs, store, cfg):
 def test_augmented_pairs_content(small_pairs, store, cfg):
     plan = rendered(plan_augmentations(small_pairs, cfg), store, cfg)
     augmented = build_augmented_pairs(small_pairs, plan, cfg)
-    assert augmented.columns.tolist() == ["recipe_id", "image_key", "caption", "label", "augmentation", "source_image_key"]
+    assert augmented.columns.tolist() == [
+        "recipe_id", "image_key", "caption", "label", "augmentation", "source_image_key", "negative_recipe_id"
+    ]
     positives, negatives = augmented[augmented["label"] == 1], augmented[augmented["label"] == 0]
+    # each negative keeps the recipe its caption was drawn from; positives have none
+    assert (positives["negative_recipe_id"] == "").all()
+    caption_owners = positives.groupby("caption")["recipe_id"].agg(set)
+    assert (negatives["negative_recipe_id"] != negatives["recipe_id"]).all()
+    assert all(r in caption_owners[c] for c, r in zip(negatives["caption"], negatives["negative_recipe_id"]))
     n_text = int((plan["kind"] == "text").sum())
     assert len(positives) == len(small_pairs) * (1 + 2) + n_text  # originals, 2 image variants, text variants
     assert (positives["augmentation"] == "none").sum() == len(small_pairs)
@@ -217,3 +224,21 @@ def test_render_all_accepts_a_filtered_plan_with_gaps_in_its_index(small_pairs, 
     assert (result["image_ops"] != "").all() and (result["error"] == "").all()
     for key, ops in zip(result["image_key"], result["image_ops"]):
         assert key in store and ops
+
+
+def test_training_reads_each_negatives_recipe_from_the_augmented_csv(cfg):
+    from clipfood_assets.lake.tables import read_table, write_table
+    from clipfood_assets.modeling.batching import prepare_training_pairs
+
+    # "Soup" belongs to two recipes: its recipe cannot be told from the caption, only from the column.
+    titles = {"a": "Soup", "b": "Soup", "c": "Bread", "d": "Cake", "e": "Pie"}
+    train = pd.DataFrame([(r, f"images/x__{r}_{n}.jpg", t) for r, t in titles.items() for n in range(2)],
+                         columns=["recipe_id", "image_key", "caption"])
+    augmented = read_table(write_table(build_augmented_pairs(train, pd.DataFrame(), cfg)))
+    negatives = augmented[augmented["label"] == 0]
+    assert len(negatives) and (negatives["caption"] == "Soup").any()
+    routed = prepare_training_pairs(augmented).negatives_by_image
+    expected = {}
+    for row in negatives.itertuples(index=False):
+        expected.setdefault(row.image_key, []).append((row.caption, row.negative_recipe_id))
+    assert routed == {key: sorted(pairs) for key, pairs in expected.items()}
