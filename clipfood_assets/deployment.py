@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from clipfood_assets.paths import resolve_project_path, state_dir
+from clipfood_assets.yaml_files import read_yaml_mapping
 
 BASE_MODEL_ENV = "CLIPFOOD_BASE_MODEL"
 
@@ -47,12 +48,13 @@ def _settings() -> dict:
     path = deployment_file()
     if not path.is_file():
         return {}
+    expected = "expected a mapping with a string 'base_model'"
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc}); fix or delete it") from None
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("base_model", ""), str):
-        raise ValueError(f"{path}: expected a mapping with a string 'base_model'; fix or delete it")
+        loaded = read_yaml_mapping(path, expected)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; fix or delete it") from None
+    if not isinstance(loaded.get("base_model", ""), str):
+        raise ValueError(f"{path}: {expected}; fix or delete it")
     return loaded
 
 

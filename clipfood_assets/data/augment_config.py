@@ -7,11 +7,11 @@ so a typo in the YAML fails loudly with the dotted key instead of silently using
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clipfood_assets.yaml_files import read_yaml_mapping
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
@@ -203,19 +203,11 @@ def load_augmentation_config(path_or_mapping: str | os.PathLike[str] | Mapping[s
     if isinstance(path_or_mapping, AugmentationConfig):
         return path_or_mapping
     if isinstance(path_or_mapping, Mapping):
-        raw: Any = path_or_mapping
-        origin = "augmentation config"
+        raw: Mapping[str, Any] = path_or_mapping
     else:
-        path = Path(path_or_mapping)
-        origin = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{origin}: invalid YAML: {exc}") from exc
-        if raw is None:
-            raise ValueError(f"{origin}: <root>: empty file")
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{origin}: <root>: expected a mapping, got {type(raw).__name__}")
+        raw = read_yaml_mapping(
+            path_or_mapping, "<root>: expected a mapping", empty="<root>: empty file", invalid="invalid YAML"
+        )
     try:
         return AugmentationConfig.model_validate(dict(raw))
     except ValidationError as exc:

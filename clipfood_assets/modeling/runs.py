@@ -12,6 +12,7 @@ from clipfood_assets.lake.base import Lake, ObjectNotFound
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key
 from clipfood_assets.paths import resolve_project_path
 from clipfood_assets.modeling.config import ExperimentConfig, deep_merge, load_experiment_config
+from clipfood_assets.yaml_files import yaml_mapping
 
 
 def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
@@ -20,10 +21,7 @@ def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
         raw = lake.get_bytes(FINE_TUNING_ZONE, run_config_key(run_key))
     except ObjectNotFound:
         return {}
-    loaded = yaml.safe_load(raw) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{lake.uri(FINE_TUNING_ZONE, run_config_key(run_key))}: a run config must be a mapping")
-    return loaded
+    return yaml_mapping(raw, lake.uri(FINE_TUNING_ZONE, run_config_key(run_key)), "a run config must be a mapping")
 
 
 def register_run(
@@ -66,14 +64,6 @@ def _same_model(a: str, b: str) -> bool:
 
 def parse_launch_overrides(text: str) -> dict[str, Any]:
     """The launchpad's `overrides_yaml`: empty, or a YAML mapping of config keys."""
-    if not text.strip():
+    if not text.strip():  # whitespace YAML refuses (a tab) is "no overrides" too
         return {}
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"overrides_yaml: not valid YAML: {exc}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"overrides_yaml: must be a mapping of config keys, got {type(loaded).__name__}")
-    return loaded
+    return yaml_mapping(text, "overrides_yaml", "must be a mapping of config keys")
