@@ -103,32 +103,67 @@ def contrastive_loss(
         recipe_ids, negative_recipe_ids if use_negatives else None, n_pairs, n_neg, device
     )
 
-    image = F.normalize(image_emb.float(), dim=-1)
-    text = F.normalize(text_emb.float(), dim=-1)
-    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=device).exp()
-    logits = scale * image @ text.T  # [image, caption]
+    logits, neg_logits = _similarities(image_emb, text_emb, negative_text_emb if use_negatives else None, logit_scale)
     eye = torch.eye(n_pairs, dtype=torch.bool, device=device)
     if mask_same_recipe:
         excluded = (pair_codes[:, None] == pair_codes[None, :]) & ~eye
     else:
         excluded = torch.zeros_like(eye)
-
-    neg_logits = neg_excluded = None
-    if use_negatives:
-        negative = F.normalize(negative_text_emb.float(), dim=-1)
-        neg_logits = scale * image @ negative.T
-        neg_excluded = pair_codes[:, None] == neg_codes[None, :]
+    neg_excluded = pair_codes[:, None] == neg_codes[None, :] if use_negatives else None
 
     if kind == "siglip":
-        bias = torch.as_tensor(logit_bias, dtype=torch.float32, device=device)
-        signs = eye.float() * 2 - 1
-        terms = F.logsigmoid(signs * (logits + bias)).masked_fill(excluded, 0.0)
-        total = terms.sum()
-        if neg_logits is not None:
-            total = total + F.logsigmoid(-(neg_logits + bias)).masked_fill(neg_excluded, 0.0).sum()
-        return -total / n_pairs
+        return _siglip_loss(logits, eye, excluded, neg_logits, neg_excluded, logit_bias)
+    return _info_nce_loss(logits, excluded, neg_logits, neg_excluded)
 
-    targets = torch.arange(n_pairs, device=device)
+
+def _similarities(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    negative_text_emb: torch.Tensor | None,
+    logit_scale: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled cosine similarities [image, caption] of the pairs, and of every image with each labelled
+    negative caption (None without negatives), in fp32 through the normalisation."""
+    image = F.normalize(image_emb.float(), dim=-1)
+    text = F.normalize(text_emb.float(), dim=-1)
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=image_emb.device).exp()
+    logits = scale * image @ text.T
+    if negative_text_emb is None:
+        return logits, None
+    negative = F.normalize(negative_text_emb.float(), dim=-1)
+    return logits, scale * image @ negative.T
+
+
+def _siglip_loss(
+    logits: torch.Tensor,
+    eye: torch.Tensor,
+    excluded: torch.Tensor,
+    neg_logits: torch.Tensor | None,
+    neg_excluded: torch.Tensor | None,
+    logit_bias: torch.Tensor | float,
+) -> torch.Tensor:
+    """Pairwise sigmoid loss: the diagonal is positive, every other kept pair and labelled negative is
+    negative; excluded pairs add nothing; normalised by B as in SigLIP."""
+    n_pairs = logits.shape[0]
+    bias = torch.as_tensor(logit_bias, dtype=torch.float32, device=logits.device)
+    signs = eye.float() * 2 - 1
+    terms = F.logsigmoid(signs * (logits + bias)).masked_fill(excluded, 0.0)
+    total = terms.sum()
+    if neg_logits is not None:
+        total = total + F.logsigmoid(-(neg_logits + bias)).masked_fill(neg_excluded, 0.0).sum()
+    return -total / n_pairs
+
+
+def _info_nce_loss(
+    logits: torch.Tensor,
+    excluded: torch.Tensor,
+    neg_logits: torch.Tensor | None,
+    neg_excluded: torch.Tensor | None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE with excluded pairs masked out; labelled negatives (when given) are extra
+    columns of the image->text rows only."""
+    n_pairs = logits.shape[0]
+    targets = torch.arange(n_pairs, device=logits.device)
     masked = logits.masked_fill(excluded, float("-inf"))
     text_to_image = F.cross_entropy(masked.T, targets)
     if neg_logits is not None:
