@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,41 +44,18 @@ def sample_negatives(pairs: pd.DataFrame, per_positive: int = 1, seed: int = 42,
     if len(recipes) < 2:
         raise ValueError(f"negatives need captions from at least 2 recipes, got {len(recipes)}")
 
-    # Caption pool: distinct (recipe, caption), grouped by recipe code.
-    pool = base[["recipe_id", "caption"]].drop_duplicates().reset_index(drop=True)
-    pool_recipe = np.searchsorted(recipes, pool["recipe_id"].to_numpy(dtype=object))
-    caption_ids, caption_values = pd.factorize(pool["caption"])
-    order = np.argsort(pool_recipe, kind="stable")
-    pool_recipe, caption_ids = pool_recipe[order], caption_ids[order]
-    counts = np.bincount(pool_recipe, minlength=len(recipes))
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    n_captions = len(caption_values)
-    own_pairs = np.unique(pool_recipe.astype(np.int64) * n_captions + caption_ids)
-
+    pool = _CaptionPool.of(base, recipes)
     anchors = np.repeat(np.arange(len(base)), per_positive)
     anchor_recipe = np.searchsorted(recipes, base["recipe_id"].to_numpy(dtype=object))[anchors].astype(np.int64)
     image_ids = pd.factorize(base["image_key"])[0][anchors].astype(np.int64)
-    rng = np.random.default_rng(seed)
-    donor = np.empty(len(anchors), dtype=np.int64)
-    picked = np.empty(len(anchors), dtype=np.int64)
-    todo = np.arange(len(anchors))
-    for _ in range(max_rounds):
-        shift = rng.integers(1, len(recipes), size=len(todo))
-        donor[todo] = (anchor_recipe[todo] + shift) % len(recipes)
-        offset = np.floor(rng.random(len(todo)) * counts[donor[todo]]).astype(np.int64)
-        picked[todo] = caption_ids[starts[donor[todo]] + offset]
-        shared = np.isin(anchor_recipe * n_captions + picked, own_pairs)
-        repeated = pd.Series(image_ids * n_captions + picked).duplicated().to_numpy()
-        todo = np.flatnonzero(shared | repeated)
-        if todo.size == 0:
-            break
+    donor, picked, todo = _draw(pool, anchor_recipe, image_ids, np.random.default_rng(seed), max_rounds)
     keep = np.ones(len(anchors), dtype=bool)
     keep[todo] = False
     if todo.size:
         log.warning("dropped %d negatives without a usable caption after %d rounds", todo.size, max_rounds)
 
     negatives = base.iloc[anchors[keep]].reset_index(drop=True)
-    negatives["caption"] = np.asarray(caption_values, dtype=object)[picked[keep]]
+    negatives["caption"] = np.asarray(pool.captions, dtype=object)[picked[keep]]
     negatives["label"] = np.int64(0)
     negatives["negative_recipe_id"] = recipes[donor[keep]]
     negatives = negatives.astype({c: "str" for c in negatives.columns if c != "label"})
@@ -85,3 +63,61 @@ def sample_negatives(pairs: pd.DataFrame, per_positive: int = 1, seed: int = 42,
     negatives = negatives[ordered].sort_values(["recipe_id", "image_key", "caption"], kind="stable").reset_index(drop=True)
     negatives.attrs["dropped"] = int(todo.size)
     return negatives
+
+
+@dataclass(frozen=True)
+class _CaptionPool:
+    """Distinct (recipe, caption) pairs by recipe code (the position in the sorted recipe list):
+    recipe r's captions are ``caption_ids[starts[r]:starts[r] + counts[r]]``, ids into ``captions``."""
+
+    captions: pd.Index
+    caption_ids: np.ndarray
+    counts: np.ndarray
+    starts: np.ndarray
+    own_pairs: np.ndarray  # sorted ``recipe * n_captions + caption id`` of every caption a recipe has
+
+    @property
+    def n_recipes(self) -> int:
+        return len(self.counts)
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.captions)
+
+    @classmethod
+    def of(cls, base: pd.DataFrame, recipes: np.ndarray) -> _CaptionPool:
+        pool = base[["recipe_id", "caption"]].drop_duplicates().reset_index(drop=True)
+        pool_recipe = np.searchsorted(recipes, pool["recipe_id"].to_numpy(dtype=object))
+        caption_ids, captions = pd.factorize(pool["caption"])
+        order = np.argsort(pool_recipe, kind="stable")
+        pool_recipe, caption_ids = pool_recipe[order], caption_ids[order]
+        counts = np.bincount(pool_recipe, minlength=len(recipes))
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        own_pairs = np.unique(pool_recipe.astype(np.int64) * len(captions) + caption_ids)
+        return cls(captions, caption_ids, counts, starts, own_pairs)
+
+
+def _draw(
+    pool: _CaptionPool, anchor_recipe: np.ndarray, image_ids: np.ndarray, rng: np.random.Generator, max_rounds: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(donor recipe, caption id) of each anchor, and the anchors still without a usable one.
+
+    Each round redraws the anchors whose caption the image's own recipe also has, or that repeat
+    an (image, caption) negative: a donor at a random non-zero shift from the anchor's recipe,
+    then one of the donor's captions.
+    """
+    n_recipes, n_captions = pool.n_recipes, pool.n_captions
+    donor = np.empty(len(anchor_recipe), dtype=np.int64)
+    picked = np.empty(len(anchor_recipe), dtype=np.int64)
+    todo = np.arange(len(anchor_recipe))
+    for _ in range(max_rounds):
+        shift = rng.integers(1, n_recipes, size=len(todo))
+        donor[todo] = (anchor_recipe[todo] + shift) % n_recipes
+        offset = np.floor(rng.random(len(todo)) * pool.counts[donor[todo]]).astype(np.int64)
+        picked[todo] = pool.caption_ids[pool.starts[donor[todo]] + offset]
+        shared = np.isin(anchor_recipe * n_captions + picked, pool.own_pairs)
+        repeated = pd.Series(image_ids * n_captions + picked).duplicated().to_numpy()
+        todo = np.flatnonzero(shared | repeated)
+        if todo.size == 0:
+            break
+    return donor, picked, todo
