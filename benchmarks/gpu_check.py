@@ -98,7 +98,7 @@ def make_lake(root: Path, n_images: int, captions_per_image: int, workers: int):
             for form in CAPTION_FORMS[:captions_per_image]:
                 rows.append({"recipe_id": recipe["id"], "image_key": key, "caption": form.format(title), "label": 1})
             rows.append({"recipe_id": recipe["id"], "image_key": key, "caption": other["title_text_raw"],
-                         "label": 0, "caption_recipe_id": other["id"]})
+                         "label": 0, "negative_recipe_id": other["id"]})
     return lake, pd.DataFrame(rows)
 
 

@@ -24,10 +24,12 @@ from pydantic import (
     model_validator,
 )
 
+from clipfood_assets.yaml_files import read_yaml_mapping
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "experiment_config.yaml"
 
 LossKind = Literal["clip", "clip_hard_negatives", "siglip"]
-# Micro-batch of batch_size auto off CUDA: the seed's, which a CPU or small GPU holds.
+# Micro-batch of batch_size auto off CUDA: the original notebooks', which a CPU or small GPU holds.
 CPU_MICRO_BATCH = 2
 # Evaluation batch of batch_size auto: large on CUDA (the model's speed), cache-sized elsewhere.
 CUDA_EVAL_BATCH, CPU_EVAL_BATCH = 512, 32
@@ -58,17 +60,17 @@ class TrainingSettings(_Section):
     epochs: int = Field(3, ge=1, le=10_000)
     effective_batch_size: int = Field(
         32, ge=2, le=1_000_000,
-        description="Pairs per optimizer step: the contrastive batch every pair is contrasted with (the seed's 2 x 16)",
+        description="Pairs per optimizer step: the contrastive batch every pair is contrasted with (the original notebooks' 2 x 16)",
     )
     batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",
         description="Micro-batch: pairs encoded per forward pass. auto: on CUDA the largest that fits "
                     "training.memory_fraction of the free device memory (at most the effective batch), "
-                    f"elsewhere {CPU_MICRO_BATCH} (the seed's). The effective batch does not change with it",
+                    f"elsewhere {CPU_MICRO_BATCH} (the notebooks'). The effective batch does not change with it",
     )
     gradient_accumulation_steps: int | None = Field(
         None, ge=1,
-        description="The seed's way to set the effective batch: batch_size x this (needs an integer batch_size); "
+        description="The notebooks' way to set the effective batch: batch_size x this (needs an integer batch_size); "
                     "when given it sets effective_batch_size",
     )
     memory_fraction: float = Field(0.7, gt=0.0, le=0.95,
@@ -79,7 +81,7 @@ class TrainingSettings(_Section):
     accumulation: Literal["feature_cache", "per_micro_batch"] = Field(
         "feature_cache",
         description="feature_cache: every pair is contrasted with the whole effective batch; "
-                    "per_micro_batch: the seed's behaviour (negatives only within a micro-batch)",
+                    "per_micro_batch: the notebooks' behaviour (negatives only within a micro-batch)",
     )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
@@ -109,7 +111,7 @@ class TrainingSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _seed_style_batch(cls, data: Any) -> Any:
-        # batch_size x gradient_accumulation_steps (the seed's keys) sets the effective batch.
+        # batch_size x gradient_accumulation_steps (the notebooks' keys) sets the effective batch.
         if isinstance(data, Mapping) and data.get("gradient_accumulation_steps") is not None:
             micro = data.get("batch_size", "auto")
             if not isinstance(micro, int) or isinstance(micro, bool):
@@ -123,12 +125,12 @@ class TrainingSettings(_Section):
         if isinstance(self.batch_size, int) and self.batch_size > self.effective_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) exceeds effective_batch_size ({self.effective_batch_size})")
         if self.accumulation == "per_micro_batch" and self.batch_size == "auto":
-            raise ValueError("accumulation per_micro_batch (the seed's ablation) needs an integer batch_size")
+            raise ValueError("accumulation per_micro_batch (the notebooks' ablation) needs an integer batch_size")
         return self
 
     def micro_batch_size(self, device_fit: int | None = None) -> int:
         """Pairs per forward pass: the configured integer, or for ``auto`` ``device_fit`` (the
-        largest micro-batch the device holds; None off CUDA: the seed's 2), balanced so the
+        largest micro-batch the device holds; None off CUDA: the notebooks' 2), balanced so the
         effective batch splits into equal micro-batches."""
         if isinstance(self.batch_size, int):
             return self.batch_size
@@ -229,16 +231,7 @@ def read_config_mapping(source: Path | str | Mapping | None) -> dict[str, Any]:
         return {}
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
-    path = Path(source)
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: the experiment config must be a mapping, got {type(loaded).__name__}")
-    return loaded
+    return read_yaml_mapping(source, "the experiment config must be a mapping")
 
 
 def load_experiment_config(

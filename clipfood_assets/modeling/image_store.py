@@ -39,7 +39,6 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -672,7 +671,6 @@ def update_image_store(
     )
 
 
-build_image_store = update_image_store  # a first build is an update of an empty store
 
 
 def _commit(lake, bucket, prefix, signature, digest, spec, shards, index, failures) -> dict:
@@ -890,8 +888,3 @@ class PackedImageStore:
 def open_image_store(lake: Lake, processor, *, bucket: str = FINE_TUNING_ZONE, **kwargs) -> PackedImageStore:
     """:meth:`PackedImageStore.open`: the store of ``processor``'s preprocessing in ``bucket``."""
     return PackedImageStore.open(lake, processor, bucket=bucket, **kwargs)
-
-
-def clear_local_cache(cache_dir: str | os.PathLike | None = None) -> None:
-    """Remove every local shard copy under the cache folder (they are downloaded again when read)."""
-    shutil.rmtree(resolve_store_cache_dir(cache_dir), ignore_errors=True)

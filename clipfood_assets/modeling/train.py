@@ -335,7 +335,7 @@ def train_lora(
     training = cfg.training
     world = world if world is not None else DistributedWorld.current()
     if world.is_distributed and training.accumulation != "feature_cache":
-        raise ValueError("training.accumulation per_micro_batch (the seed's ablation) runs in one process only; "
+        raise ValueError("training.accumulation per_micro_batch (the notebooks' ablation) runs in one process only; "
                          "use feature_cache with several processes")
     precision = resolve_precision(device, training.precision)
     with_negatives = training.use_labelled_negatives and training.loss != "clip"
