@@ -28,7 +28,7 @@ from clipfood_assets.modeling.efficiency import (
     synchronize,
 )
 from clipfood_assets.modeling.image_decode import decode_resize_crop, resize_crop_of
-from clipfood_assets.modeling.images import ImageSource, LoadImage
+from clipfood_assets.modeling.images import DecodedImages, ImageSource, LoadImage
 
 # Decoded images allowed in flight: bounds memory while keeping the model fed.
 _PREFETCH_BATCHES = 3
@@ -140,42 +140,20 @@ class ImagePreprocessor:
 def iter_uint8_batches(
     keys: Sequence[str], load_image: LoadImage, preprocessor: ImagePreprocessor, *, batch_size: int, workers: int
 ) -> Iterator[torch.Tensor]:
-    """Yield uint8 batches in key order while later images are read and decoded in threads."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not keys:
-        return
-
-    def prepare(key: str) -> torch.Tensor:
-        try:
-            return preprocessor.to_uint8(load_image(key))
-        except Exception as exc:  # name the image: a bare PIL error says nothing about which
-            raise ValueError(f"cannot read image {key!r}: {exc}") from exc
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="clip-image") as pool:
-        pending: deque = deque()
-        upcoming = iter(keys)
-        window = batch_size * _PREFETCH_BATCHES
-        for key in upcoming:
-            pending.append(pool.submit(prepare, key))
-            if len(pending) >= window:
-                break
-        batch: list[torch.Tensor] = []
-        while pending:
-            batch.append(pending.popleft().result())
-            next_key = next(upcoming, None)
-            if next_key is not None:
-                pending.append(pool.submit(prepare, next_key))
-            if len(batch) == batch_size:
-                yield torch.stack(batch)
-                batch = []
-        if batch:
-            yield torch.stack(batch)
+    """Yield uint8 batches in key order while later images are read and decoded in ``workers``
+    threads (:class:`~clipfood_assets.modeling.images.DecodedImages`); memory stays bounded."""
+    source = DecodedImages(load_image, preprocessor, workers)
+    try:
+        yield from iter_source_batches(keys, source, batch_size=batch_size)
+    finally:
+        source.close()
 
 
 def iter_source_batches(keys: Sequence[str], source: ImageSource, *, batch_size: int,
                         pin_memory: bool = False) -> Iterator[torch.Tensor]:
-    """Yield uint8 batches of ``source`` in key order; a thread reads the next batches ahead."""
+    """Yield uint8 batches of ``source`` in key order: the next :data:`_PREFETCH_BATCHES`
+    batches are asked for ahead (``prefetch``) and read in a thread; each yielded batch is
+    then forgotten by the source (``forget``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chunks = [list(keys[i:i + batch_size]) for i in range(0, len(keys), batch_size)]
@@ -184,12 +162,17 @@ def iter_source_batches(keys: Sequence[str], source: ImageSource, *, batch_size:
         batch = source.get(chunk)
         return batch.pin_memory() if pin_memory and not batch.is_pinned() else batch
 
+    def ahead(index: int):
+        source.prefetch(chunks[index])
+        return pool.submit(read, chunks[index])
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-batches") as pool:
-        pending = deque(pool.submit(read, c) for c in chunks[:_PREFETCH_BATCHES])
+        pending = deque(ahead(i) for i in range(min(_PREFETCH_BATCHES, len(chunks))))
         for index in range(len(chunks)):
             batch = pending.popleft().result()
             if index + _PREFETCH_BATCHES < len(chunks):
-                pending.append(pool.submit(read, chunks[index + _PREFETCH_BATCHES]))
+                pending.append(ahead(index + _PREFETCH_BATCHES))
+            source.forget(chunks[index])
             yield batch
 
 

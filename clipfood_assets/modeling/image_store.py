@@ -785,6 +785,9 @@ class PackedImageStore:
             target[order] = self._array(int(shard))[rows[order]]
         return out
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """Nothing to drop: the page cache, not this process, holds the shards' pixels."""
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
