@@ -206,18 +206,21 @@ def evaluate_retrieval(
     """
     from clipfood_assets.modeling.lora import count_parameters
 
-    evaluation = cfg.evaluation
     sets = RetrievalSets(test_pairs)
-    trainable, total = parameter_counts if parameter_counts is not None else count_parameters(model)
-    model = prepare_for_inference(model, evaluation, device)
+    counts = parameter_counts if parameter_counts is not None else count_parameters(model)
+    model = prepare_for_inference(model, cfg.evaluation, device)
     ranked = _rank(model, processor, sets, images, cfg=cfg, device=device, workers=workers)
-    ranks, image_stats, text_stats = ranked.ranks, ranked.image_stats, ranked.text_stats
-    t2i_similarity, i2t_similarity = ranked.t2i_similarity, ranked.i2t_similarity
-    queries = {"text_to_image": sets.query_recipes.tolist(), "image_to_text": sets.image_keys.tolist()}
+    return _results(label, sets, ranked, cfg, device, counts), _all_examples(sets, ranked, cfg)
 
-    ks = evaluation.recall_at
-    peak = max((image_stats, text_stats), key=lambda s: s.peak_memory_bytes)
-    results = {
+
+def _results(label: str, sets: RetrievalSets, ranked: _Ranked, cfg: ExperimentConfig, device,
+             parameter_counts: tuple[int, int]) -> dict:
+    """The results JSON of one evaluation (metrics, bootstrap CIs, per-query ranks, efficiency)."""
+    evaluation, ranks, ks = cfg.evaluation, ranked.ranks, cfg.evaluation.recall_at
+    queries = {"text_to_image": sets.query_recipes.tolist(), "image_to_text": sets.image_keys.tolist()}
+    peak = max((ranked.image_stats, ranked.text_stats), key=lambda s: s.peak_memory_bytes)
+    trainable, total = parameter_counts
+    return {
         "model": label,
         "n_pairs": sets.n_pairs,
         "n_recipes": sets.n_recipes,
@@ -230,8 +233,8 @@ def evaluate_retrieval(
         },
         "first_hit_ranks": {d: {"queries": queries[d], "ranks": ranks[d].tolist()} for d in DIRECTIONS},
         "efficiency": {
-            "images_per_s": image_stats.items_per_s,
-            "texts_per_s": text_stats.items_per_s,
+            "images_per_s": ranked.image_stats.items_per_s,
+            "texts_per_s": ranked.text_stats.items_per_s,
             "peak_memory_bytes": peak.peak_memory_bytes,
             "peak_memory_kind": peak.peak_memory_kind,
             "device": describe_device(device),
@@ -240,15 +243,19 @@ def evaluate_retrieval(
         },
         "protocol": dict(PROTOCOL),
     }
-    common = dict(num_examples=evaluation.num_examples, top_k=evaluation.top_k_examples, seed=cfg.seed)
-    examples = _examples(
-        "text_to_image", t2i_similarity, sets.caption_texts[sets.query_caption_index], sets.query_recipes,
+
+
+def _all_examples(sets: RetrievalSets, ranked: _Ranked, cfg: ExperimentConfig) -> list[dict]:
+    """Qualitative examples both ways: each query's top-k gallery items and its first-hit rank."""
+    evaluation, ranks = cfg.evaluation, ranked.ranks
+    common = {"num_examples": evaluation.num_examples, "top_k": evaluation.top_k_examples, "seed": cfg.seed}
+    return _examples(
+        "text_to_image", ranked.t2i_similarity, sets.caption_texts[sets.query_caption_index], sets.query_recipes,
         sets.image_keys, sets.image_recipes, ranks["text_to_image"], **common,
     ) + _examples(
-        "image_to_text", i2t_similarity, sets.image_keys, sets.image_recipes,
+        "image_to_text", ranked.i2t_similarity, sets.image_keys, sets.image_recipes,
         sets.caption_texts, sets.caption_recipes, ranks["image_to_text"], **common,
     )
-    return results, examples
 
 
 def compare_to_baseline(results_m1: dict, results_m0: dict, cfg: ExperimentConfig) -> dict:
