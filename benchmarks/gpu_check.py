@@ -49,8 +49,8 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 PROFILES = {
     "full": {"model": "vit-b32", "images": 4096, "captions_per_image": 2, "step_batches": (256, 1024),
              "timed_steps": 12, "e2e_epochs": 6, "eval_batch": 512, "repeats": 3},
-    "small": {"model": "tiny", "images": 384, "captions_per_image": 2, "step_batches": (16, 64),
-              "timed_steps": 6, "e2e_epochs": 3, "eval_batch": 32, "repeats": 3},
+    "small": {"model": "tiny", "images": 1024, "captions_per_image": 2, "step_batches": (16, 64),
+              "timed_steps": 6, "e2e_epochs": 3, "eval_batch": 32, "repeats": 5},
 }
 CAPTION_FORMS = ("{}", "homemade {}", "{}, plated", "a bowl of {}")
 
