@@ -30,16 +30,29 @@ telemetry:
 """
 
 
+def open_lake(lake_dir: str | None = None):
+    """The lake the environment names; ``lake_dir`` replaces CLIPFOOD_LAKE_DIR (the embedded lake's folder)."""
+    from clipfood_assets.lake import lake_from_settings
+    from clipfood_assets.settings import ClipfoodSettings
+
+    settings = ClipfoodSettings.from_env()
+    if lake_dir:
+        settings = settings.model_copy(update={"lake_dir": Path(lake_dir)})
+    return lake_from_settings(settings)
+
+
 class CliError(Exception):
     """A one-line error for the user; no traceback."""
 
 
 def dagster_home() -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or STATE_DIR / "dagster_home").resolve()
+    from clipfood_assets.settings import DAGSTER_HOME_ENV, ClipfoodSettings
+
+    home = ClipfoodSettings.from_env().dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ[DAGSTER_HOME_ENV] = str(home)
     return home
 
 
@@ -79,6 +92,7 @@ def cmd_synth(args) -> None:
 
 def cmd_base_model(args) -> None:
     from clipfood_assets.deployment import BASE_MODEL_ENV, platform_base_model, record_base_model
+    from clipfood_assets.settings import ClipfoodSettings
 
     if args.show:
         print(platform_base_model().describe())
@@ -101,8 +115,9 @@ def cmd_base_model(args) -> None:
         name = str(out)
     where = record_base_model(name)
     print(f"platform base model: {name} (recorded in {where}; the CLI, the UI and every run use it)")
-    if os.environ.get(BASE_MODEL_ENV):
-        print(f"note: ${BASE_MODEL_ENV}={os.environ[BASE_MODEL_ENV]} is set and overrides it in this environment")
+    overriding = ClipfoodSettings.from_env().base_model
+    if overriding:
+        print(f"note: ${BASE_MODEL_ENV}={overriding} is set and overrides it in this environment")
 
 
 # --- materialize ---------------------------------------------------------------------------------
@@ -202,7 +217,6 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
     from clipfood_assets.defs.resources import ExperimentSettings
     from clipfood_assets.defs.trusted_zone.sensors import built_from, record_observations
-    from clipfood_assets.lake import lake_from_env
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
     from clipfood_assets.modeling.config import read_config_mapping
     from clipfood_assets.modeling.runs import register_run, resolve_run_config
@@ -221,8 +235,7 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     for run_id in reap_dead_runs(instance):
         log.warning("run %s was left running by a dead process; marked failed", run_id)
     defs = build_definitions(base_model=base_model, lake_dir=lake_dir)
-    env = dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {}))
-    lake = lake_from_env(env)
+    lake = open_lake(lake_dir)
     for key, overrides in runs.items():
         register_run(lake, key, EXPERIMENT_CONFIG, overrides, base_model)
     instance.add_dynamic_partitions(experiment_runs.name, list(runs))
@@ -432,7 +445,6 @@ def promote_and_index(run_key: str | None = None, allow_unsupported: bool = Fals
     from clipfood_assets.defs.resources import ExperimentSettings
     from clipfood_assets.exploitation.index import ExploitationIndex
     from clipfood_assets.exploitation.promotion import current_promotion
-    from clipfood_assets.lake import lake_from_env
 
     base_model = ExperimentSettings(base_model=base_model).resolve_base_model()
     if instance is None:
@@ -454,7 +466,7 @@ def promote_and_index(run_key: str | None = None, allow_unsupported: bool = Fals
         meta = observed[0].asset_observation.metadata if observed else {}
         skipped = str(meta["skipped"].value) if "skipped" in meta else "promoted_model did not materialize"
     _run_job(defs, instance, "index_exploitation_zone")
-    lake = lake_from_env(dict(os.environ, **({"CLIPFOOD_LAKE_DIR": lake_dir} if lake_dir else {})))
+    lake = open_lake(lake_dir)
     promotion = None
     if skipped is None:
         from dataclasses import replace

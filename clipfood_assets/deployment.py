@@ -11,16 +11,14 @@ deployment, not to a run. It is resolved, first match wins, from
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from clipfood_assets.paths import resolve_project_path, state_dir
+from clipfood_assets.settings import BASE_MODEL_ENV, ClipfoodSettings
 from clipfood_assets.yaml_files import read_yaml_mapping
-
-BASE_MODEL_ENV = "CLIPFOOD_BASE_MODEL"
 
 
 def deployment_file() -> Path:
@@ -68,8 +66,9 @@ def platform_base_model(configured: str | None = None) -> BaseModel:
 
     Raises ValueError when ``deployment.yaml`` is malformed.
     """
-    if os.environ.get(BASE_MODEL_ENV, "").strip():
-        return BaseModel(_normalise(os.environ[BASE_MODEL_ENV].strip()), f"${BASE_MODEL_ENV}")
+    from_env = ClipfoodSettings.from_env().base_model
+    if from_env:
+        return BaseModel(_normalise(from_env), f"${BASE_MODEL_ENV}")
     recorded = _recorded()
     if recorded:
         return BaseModel(_normalise(recorded), str(deployment_file()))

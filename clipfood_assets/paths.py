@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from clipfood_assets.settings import PROJECT_ROOT, ClipfoodSettings
+
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 EXPERIMENT_CONFIG = CONFIGS_DIR / "experiment_config.yaml"
 AUGMENTATION_CONFIG = CONFIGS_DIR / "augmentation_config.yaml"
 
+__all__ = ["AUGMENTATION_CONFIG", "CONFIGS_DIR", "EXPERIMENT_CONFIG", "PROJECT_ROOT", "STATE_DIR",
+           "resolve_project_path", "state_dir"]
+
 
 def state_dir() -> Path:
     """The project state folder (lake, base model, Dagster home): $CLIPFOOD_HOME or `.clipfood/`."""
-    return Path(os.environ.get("CLIPFOOD_HOME") or PROJECT_ROOT / ".clipfood")
+    return ClipfoodSettings.from_env().home
 
 
 STATE_DIR = state_dir()

@@ -1,16 +1,15 @@
 """Resources: the lake (MinIO or local), the compute device, and the experiment settings."""
 
-
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from clipfood_assets.deployment import platform_base_model
-from clipfood_assets.lake import Lake, lake_from_env
+from clipfood_assets.lake import Lake, lake_from_settings
 from clipfood_assets.modeling.config import load_experiment_config
 from clipfood_assets.paths import AUGMENTATION_CONFIG, EXPERIMENT_CONFIG, resolve_project_path
+from clipfood_assets.settings import ClipfoodSettings
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -25,10 +24,10 @@ class LakeResource(dg.ConfigurableResource):
     )
 
     def get_lake(self) -> Lake:
-        env = dict(os.environ)
+        settings = ClipfoodSettings.from_env()
         if self.local_dir:
-            env["CLIPFOOD_LAKE_DIR"] = self.local_dir
-        return lake_from_env(env)
+            settings = settings.model_copy(update={"lake_dir": Path(self.local_dir)})
+        return lake_from_settings(settings)
 
 
 class ComputeResource(dg.ConfigurableResource):

@@ -8,8 +8,7 @@ import sys
 
 import torch
 
-
-THREADS_ENV = "CLIPFOOD_TORCH_THREADS"
+from clipfood_assets.settings import THREADS_ENV, ClipfoodSettings  # noqa: F401  (THREADS_ENV: the variable's name, for callers)
 
 
 def available_cores() -> int:
@@ -30,12 +29,7 @@ def configure_cpu_threads(device: torch.device | str | None = None) -> int:
     """
     if device is not None and torch.device(device).type != "cpu":
         return torch.get_num_threads()
-    cores = available_cores()
-    for variable in (THREADS_ENV, "OMP_NUM_THREADS"):
-        value = os.environ.get(variable, "").strip()
-        if value.isdigit() and int(value) > 0:
-            cores = int(value)
-            break
+    cores = ClipfoodSettings.from_env().cpu_threads or available_cores()
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
     return cores
