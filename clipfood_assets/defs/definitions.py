@@ -20,7 +20,7 @@ from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
 from clipfood_assets.defs.model_zone.image_store import preprocessed_images
 from clipfood_assets.defs.model_zone.sweeps import submit_sweep, sweep_sensor
 from clipfood_assets.defs.report.assets import comparison_report
-from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
+from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, lake_resource
 from clipfood_assets.defs.trusted_zone.assets import trusted_zone
 from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor
 
@@ -53,8 +53,9 @@ AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
 
 
 def build_resources(lake_dir: str | None = None, base_model: str = "", device: str = "auto") -> dict:
-    """The resources every process builds alike; the base model is resolved here so the UI shows it."""
-    lake = LakeResource(local_dir=lake_dir)
+    """The resources every process builds alike, for this environment: the lake backend is chosen and
+    the base model resolved here, so the UI shows both."""
+    lake = lake_resource(lake_dir)
     settings = ExperimentSettings()
     return {
         "lake": lake,
