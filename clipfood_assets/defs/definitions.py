@@ -1,44 +1,16 @@
-"""Assets, checks, jobs, sensor and resources, assembled once."""
+"""The domain folders' definitions merged once, with the resources, I/O manager and the automation sensor."""
 
 
 import dagster as dg
 
-from clipfood_assets.defs.data_zone.assets import augmented_training_pairs, fine_tuning_images, positive_pairs
-from clipfood_assets.defs.data_zone.checks import DATA_ZONE_CHECKS
-from clipfood_assets.defs.exploitation.assets import (
-    exploitation_collections,
-    exploitation_image_embeddings,
-    exploitation_title_embeddings,
-    promoted_model,
-)
-from clipfood_assets.defs.exploitation.checks import EXPLOITATION_CHECKS
-from clipfood_assets.defs.exploitation.jobs import EXPLOITATION_JOBS
+from clipfood_assets.defs import data_zone, exploitation, model_zone, report, trusted_zone
 from clipfood_assets.defs.io_manager import ZoneIOManager
-from clipfood_assets.defs.jobs import JOBS
-from clipfood_assets.defs.model_zone.assets import baseline_results, lora_adapters, lora_results
-from clipfood_assets.defs.model_zone.checks import MODEL_ZONE_CHECKS
-from clipfood_assets.defs.model_zone.image_store import preprocessed_images
-from clipfood_assets.defs.model_zone.sweeps import submit_sweep, sweep_sensor
-from clipfood_assets.defs.report.assets import comparison_report
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, lake_resource
-from clipfood_assets.defs.trusted_zone.assets import trusted_zone
-from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor
 
-ASSETS = [
-    trusted_zone,
-    positive_pairs,
-    fine_tuning_images,
-    augmented_training_pairs,
-    preprocessed_images,
-    baseline_results,
-    lora_adapters,
-    lora_results,
-    comparison_report,
-    promoted_model,
-    exploitation_image_embeddings,
-    exploitation_title_embeddings,
-    exploitation_collections,
-]
+# Each folder registers its own assets, checks, jobs and sensors (its __init__'s defs()).
+FOLDERS = (trusted_zone, data_zone, model_zone, report, exploitation)
+ZONES = dg.Definitions.merge(*(folder.defs() for folder in FOLDERS))
+ASSETS = list(ZONES.assets)
 
 # Runs by default (Dagster's implicit one starts stopped): a run's adapters bring its M1 numbers,
 # and new M1 numbers the report, without anyone asking.
@@ -66,10 +38,7 @@ def build_resources(lake_dir: str | None = None, base_model: str = "", device: s
 
 
 def build_definitions(**resource_overrides) -> dg.Definitions:
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=[*DATA_ZONE_CHECKS, *MODEL_ZONE_CHECKS, *EXPLOITATION_CHECKS],
-        jobs=[*JOBS, submit_sweep, *EXPLOITATION_JOBS],
-        sensors=[trusted_zone_sensor, sweep_sensor, AUTOMATION_SENSOR],
-        resources=build_resources(**resource_overrides),
+    return dg.Definitions.merge(
+        ZONES,
+        dg.Definitions(sensors=[AUTOMATION_SENSOR], resources=build_resources(**resource_overrides)),
     )

@@ -15,7 +15,7 @@ from clipfood_assets.data.prepare import (
     remove_stale_augmented_images,
 )
 from clipfood_assets.defs.io_manager import zone_object
-from clipfood_assets.defs.meta import OWNERS, counts, preview
+from clipfood_assets.defs.meta import counts, preview
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
 from clipfood_assets.lake.layout import (
@@ -71,39 +71,33 @@ def _progress(context, what: str):
     return report
 
 
+def _table_out(key: str, description: str) -> dg.AssetOut:
+    """One CSV table of the data zone (what the pairing multi-asset writes)."""
+    return dg.AssetOut(description=description, metadata=zone_object(key), kinds={"pandas", "csv"},
+                       code_version=CODE_VERSION)
+
+
 @dg.multi_asset(
     outs={
-        "train_pairs_positive": dg.AssetOut(
-            description="Training pairs (recipe_id, image_key, caption): every trusted image paired with its "
+        "train_pairs_positive": _table_out(
+            TRAIN_PAIRS_KEY,
+            "Training pairs (recipe_id, image_key, caption): every trusted image paired with its "
             "recipe's title, 80 % of recipes less the validation recipes.",
-            metadata=zone_object(TRAIN_PAIRS_KEY),
-            kinds={"pandas", "csv", "s3"},
-            owners=OWNERS,
-            code_version=CODE_VERSION,
         ),
-        "test_pairs_positive": dg.AssetOut(
-            description="Held-out pairs of the other 20 % of recipes (no recipe on both sides). M0 and every M1 "
+        "test_pairs_positive": _table_out(
+            TEST_PAIRS_KEY,
+            "Held-out pairs of the other 20 % of recipes (no recipe on both sides). M0 and every M1 "
             "are evaluated on exactly these.",
-            metadata=zone_object(TEST_PAIRS_KEY),
-            kinds={"pandas", "csv", "s3"},
-            owners=OWNERS,
-            code_version=CODE_VERSION,
         ),
-        "validation_pairs_positive": dg.AssetOut(
-            description="Validation pairs: 10 % of the training recipes, held out of training (no augmentation) "
+        "validation_pairs_positive": _table_out(
+            VALIDATION_PAIRS_KEY,
+            "Validation pairs: 10 % of the training recipes, held out of training (no augmentation) "
             "for per-epoch validation, early stopping and choosing among runs. Never the test set.",
-            metadata=zone_object(VALIDATION_PAIRS_KEY),
-            kinds={"pandas", "csv", "s3"},
-            owners=OWNERS,
-            code_version=CODE_VERSION,
         ),
-        "pairing_quarantine": dg.AssetOut(
-            description="Every trusted-zone record that could not be paired, with the reason (malformed JSON, "
+        "pairing_quarantine": _table_out(
+            QUARANTINE_KEY,
+            "Every trusted-zone record that could not be paired, with the reason (malformed JSON, "
             "unknown recipe, corrupt image, unsafe key…). Nothing is dropped silently.",
-            metadata=zone_object(QUARANTINE_KEY),
-            kinds={"pandas", "csv", "s3"},
-            owners=OWNERS,
-            code_version=CODE_VERSION,
         ),
     },
     deps=["trusted_recipes", "trusted_images"],
@@ -171,8 +165,7 @@ def positive_pairs(
     "unchanged images (the source's ETag and size as recorded at copy time) are skipped; unpaired ones are "
     "removed once every paired image is in place.",
     metadata={"zone": FINE_TUNING_ZONE, "zone_prefix": IMAGES_PREFIX},
-    kinds={"s3", "jpeg"},
-    owners=OWNERS,
+    kinds={"jpeg"},
     code_version=CODE_VERSION,
 )
 def fine_tuning_images(
@@ -205,8 +198,7 @@ def fine_tuning_images(
     description="Training pairs with image and text augmentations and one labelled negative (label 0, a caption "
     f"of another recipe) per positive; variants rendered to {AUGMENTED_IMAGES_PREFIX}. Test data never enters.",
     metadata=zone_object(AUGMENTED_PAIRS_KEY),
-    kinds={"pandas", "csv", "s3", "pillow"},
-    owners=OWNERS,
+    kinds={"pandas", "csv", "pillow"},
     code_version=CODE_VERSION,
 )
 def augmented_training_pairs(

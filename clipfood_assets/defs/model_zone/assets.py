@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 
 from clipfood_assets.defs.io_manager import zone_artifact
-from clipfood_assets.defs.meta import OWNERS, metric_values
+from clipfood_assets.defs.meta import metric_values
 from clipfood_assets.defs.model_zone.image_store import load_processor, opened_images
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
@@ -47,8 +47,7 @@ def _headline(results: dict) -> dict:
     metadata=zone_artifact(BASELINE_PREFIX),
     description="M0: the base CLIP, not fine-tuned, evaluated on the held-out recipes (recipe-level retrieval "
     "both ways, bootstrap CIs): results_baseline.json and examples_top5.json.",
-    kinds={"pytorch", "json", "s3"},
-    owners=OWNERS,
+    kinds={"pytorch", "json"},
     code_version="1",
 )
 def baseline_results(
@@ -95,8 +94,7 @@ class LoraRunConfig(dg.Config):
     "on the validation recipes every epoch (early stopping optional; the best epoch's adapters kept). Writes "
     "config.yaml (the resolved config), adapters/ (safetensors) and training_logs.json; checkpoints in the lake let an "
     "interrupted run resume.",
-    kinds={"pytorch", "peft", "safetensors", "s3"},
-    owners=OWNERS,
+    kinds={"pytorch", "peft", "safetensors"},
     code_version="2",  # 2: validation every epoch, the best epoch's adapters kept
 )
 def lora_adapters(
@@ -223,8 +221,7 @@ def _learning_curve_md(run_key: str, logs: dict) -> str:
     description="M1 evaluation for one experiment run: the base model with the run's adapters merged, on the same "
     "test pairs and protocol as M0, with paired-bootstrap CIs of M1−M0: results_lora.json and examples_top5.json. "
     "Follows its run's lora_adapters by itself (automation); a new trusted zone does not re-evaluate old adapters.",
-    kinds={"pytorch", "json", "s3"},
-    owners=OWNERS,
+    kinds={"pytorch", "json"},
     code_version="2",
     # Only a new training of this run re-evaluates it: evaluating old adapters on a new test set could
     # score them on recipes they were trained on (a rebuilt image store changes no test pixel beyond tolerance).

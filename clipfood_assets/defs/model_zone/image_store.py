@@ -6,7 +6,6 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from clipfood_assets.defs.meta import OWNERS
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.base import Lake
 from clipfood_assets.lake.layout import (
@@ -37,8 +36,7 @@ def load_processor(model_name: str):
     f"under {PREPROCESSED_IMAGES_PREFIX}<signature digest>/. Updated incrementally (only new or changed images are "
     "decoded); training and evaluation read pixels from it instead of decoding JPEGs. Images that cannot be decoded "
     "are listed in failures.csv and the metadata.",
-    kinds={"numpy", "pillow", "s3"},
-    owners=OWNERS,
+    kinds={"numpy", "pillow"},
     code_version="1",
 )
 def preprocessed_images(

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from clipfood_assets.defs.jobs import train_run_job
+from clipfood_assets.defs.model_zone.jobs import train_run_job
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
 from clipfood_assets.lake.base import Lake

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from clipfood_assets.defs.io_manager import zone_artifact
-from clipfood_assets.defs.meta import OWNERS, rounded
+from clipfood_assets.defs.meta import rounded
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.model_zone.sweeps import stored_sweeps
 from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
@@ -28,8 +28,7 @@ REPORT_CONDITION = (
     metadata=zone_artifact(REPORT_PREFIX),
     description="M0 vs every experiment run: report.md (H1 judged by the paired-bootstrap CI, not by point "
     "estimates), learning curves, metric bars with CIs, efficiency, retrieval examples, failure cases.",
-    kinds={"matplotlib", "markdown", "s3"},
-    owners=OWNERS,
+    kinds={"matplotlib", "markdown"},
     code_version="1",
     automation_condition=REPORT_CONDITION,
 )

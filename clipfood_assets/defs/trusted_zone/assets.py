@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from clipfood_assets.defs.meta import OWNERS
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.lake.base import Lake
 from clipfood_assets.lake.fingerprint import ZoneFingerprint, fingerprint_trusted_zone
@@ -16,8 +15,7 @@ RECIPES = dg.AssetSpec(
     description=f"Recipe documents, one JSON object per line: {TRUSTED_ZONE}/{RECIPES_KEY}. Versioned by the "
     "object's ETag.",
     metadata={"zone": TRUSTED_ZONE, "zone_key": RECIPES_KEY},
-    owners=OWNERS,
-    kinds={"s3", "json"},
+    kinds={"json"},
 )
 IMAGES = dg.AssetSpec(
     "trusted_images",
@@ -25,8 +23,7 @@ IMAGES = dg.AssetSpec(
     description=f"Normalized food photos {TRUSTED_ZONE}/{TRUSTED_IMAGES_PREFIX}…__<recipeId>_<n>.jpg. Versioned by "
     "a digest of every key and ETag.",
     metadata={"zone": TRUSTED_ZONE, "zone_prefix": TRUSTED_IMAGES_PREFIX},
-    owners=OWNERS,
-    kinds={"s3", "jpeg"},
+    kinds={"jpeg"},
 )
 
 

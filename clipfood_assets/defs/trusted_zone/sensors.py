@@ -7,7 +7,7 @@ import time
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what ObserveResult writes too
 
-from clipfood_assets.defs.jobs import refresh_job
+from clipfood_assets.defs.trusted_zone.jobs import refresh_job
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.defs.trusted_zone.assets import zone_versions
 from clipfood_assets.lake.base import Lake

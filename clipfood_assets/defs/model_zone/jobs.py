@@ -1,0 +1,15 @@
+"""Launchpad jobs of the model zone: evaluate M0, train and evaluate one experiment run."""
+
+import dagster as dg
+
+from clipfood_assets.defs.model_zone.partitions import experiment_runs
+
+baseline_job = dg.define_asset_job(
+    "evaluate_baseline", selection=dg.AssetSelection.assets("baseline_results"), description="Evaluate M0."
+)
+train_run_job = dg.define_asset_job(
+    "train_and_evaluate_run",
+    selection=dg.AssetSelection.assets("lora_adapters", "lora_results"),
+    partitions_def=experiment_runs,
+    description="Train one experiment run's LoRA adapters and evaluate them (M1).",
+)
