@@ -46,33 +46,33 @@ class ZoneIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        lake = self.lake.get_lake()
+        zone_lake = self.lake.get_lake()
         partition = context.asset_partition_key if context.has_asset_partitions else None
         zone, key, prefix = _location(context.definition_metadata, partition)
         if prefix:
             if not isinstance(obj, Bundle):
                 raise TypeError(f"{context.asset_key.to_user_string()} stores a Bundle under {prefix}, got {type(obj)}")
-            manifest = write_bundle(lake, zone, prefix, context.asset_key.path[-1], obj)
+            manifest = write_bundle(zone_lake, zone, prefix, context.asset_key.path[-1], obj)
             context.add_output_metadata(
                 {
-                    "uri": dg.MetadataValue.path(lake.uri(zone, prefix)),
+                    "uri": dg.MetadataValue.path(zone_lake.uri(zone, prefix)),
                     "files": dg.MetadataValue.json({f["name"]: f["size"] for f in manifest["files"]}),
                     "size_bytes": sum(f["size"] for f in manifest["files"]),
                 }
             )
             return
         data, content_type = encode(key, obj)
-        lake.put_bytes(zone, key, data, content_type)
-        meta: dict[str, Any] = {"uri": dg.MetadataValue.path(lake.uri(zone, key)), "size_bytes": len(data)}
+        zone_lake.put_bytes(zone, key, data, content_type)
+        meta: dict[str, Any] = {"uri": dg.MetadataValue.path(zone_lake.uri(zone, key)), "size_bytes": len(data)}
         if isinstance(obj, pd.DataFrame):
             meta["dagster/row_count"] = len(obj)
         context.add_output_metadata(meta)
 
     def load_input(self, context: dg.InputContext) -> Any:
-        lake = self.lake.get_lake()
+        zone_lake = self.lake.get_lake()
         upstream = context.upstream_output
         partition = context.asset_partition_key if context.has_asset_partitions else None
         zone, key, prefix = _location(upstream.definition_metadata if upstream else {}, partition)
         if prefix:
-            return read_bundle(lake, zone, prefix, context.asset_key.path[-1])
-        return decode(key, lake.get_bytes(zone, key))
+            return read_bundle(zone_lake, zone, prefix, context.asset_key.path[-1])
+        return decode(key, zone_lake.get_bytes(zone, key))

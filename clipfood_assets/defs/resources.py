@@ -28,7 +28,9 @@ class LakeResource(dg.ConfigurableResource):
         "Unset: chosen from the environment each time the lake is opened.",
     )
     endpoint: str | None = Field(default=None, description="MinIO / S3 server, host:port (backend minio).")
-    secure: bool = Field(default=False, description="TLS to the MinIO endpoint (MINIO_SECURE, or an https:// endpoint).")
+    secure: bool = Field(
+        default=False, description="TLS to the MinIO endpoint (MINIO_SECURE, or an https:// endpoint)."
+    )
     region: str | None = Field(default=None, description="S3 region (MINIO_REGION), if the server needs one.")
     access_key: str | None = Field(
         default=None, description="MinIO access key, from the environment (MINIO_ACCESS_KEY or MINIO_USER)."

@@ -109,11 +109,11 @@ def positive_pairs(
     lake: LakeResource,
     compute: ComputeResource,
 ):
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     # Recorded so `clipfood materialize` can tell whether the data zone is up to date.
-    trusted_version = fingerprint_trusted_zone(store).version
+    trusted_version = fingerprint_trusted_zone(zone_lake).version
     result = read_positive_pairs(
-        store,
+        zone_lake,
         test_size=config.test_size,
         validation_fraction=config.validation_fraction,
         seed=config.seed,
@@ -125,7 +125,7 @@ def positive_pairs(
     # Before any output is stored: a degenerate refresh must not replace good artifacts.
     try:
         overridden = guard_refresh(
-            store, result, max_drop_fraction=config.max_pair_drop_fraction, accept=config.accept_degenerate_refresh
+            zone_lake, result, max_drop_fraction=config.max_pair_drop_fraction, accept=config.accept_degenerate_refresh
         )
     except DegenerateRefresh as exc:
         # Retrying cannot help: the trusted zone must change, or the refresh be accepted.
@@ -176,10 +176,10 @@ def fine_tuning_images(
     test_pairs_positive: pd.DataFrame,
     validation_pairs_positive: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"],
                       validation_pairs_positive["image_key"]]).tolist()
-    stats = copy_images(store, keys, workers=compute.io_workers, progress=_progress(context, "images copied"))
+    stats = copy_images(zone_lake, keys, workers=compute.io_workers, progress=_progress(context, "images copied"))
     return dg.MaterializeResult(
         metadata={
             "images": stats.copied + stats.skipped,
@@ -187,7 +187,7 @@ def fine_tuning_images(
             "skipped (unchanged)": stats.skipped,
             "removed (no longer paired)": stats.deleted,
             "images/s": round(stats.images_per_s, 1),
-            "uri": dg.MetadataValue.path(store.uri(FINE_TUNING_ZONE, IMAGES_PREFIX)),
+            "uri": dg.MetadataValue.path(zone_lake.uri(FINE_TUNING_ZONE, IMAGES_PREFIX)),
         }
     )
 
@@ -209,10 +209,10 @@ def augmented_training_pairs(
 ):
     import os
 
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     cfg = load_augmentation_config(settings.augmentation_config_path())
     pairs = augment_training_pairs(
-        store, train_pairs_positive, cfg, workers=os.cpu_count() or 1,
+        zone_lake, train_pairs_positive, cfg, workers=os.cpu_count() or 1,
         progress=_progress(context, "images augmented"),
     )
     labels = pairs["label"].value_counts().to_dict()
@@ -228,5 +228,5 @@ def augmented_training_pairs(
     )
     # The I/O manager stored the new CSV when the output was yielded; only now are the images
     # that the previous CSV named, and the new one does not, removed.
-    removed = remove_stale_augmented_images(store, set(pairs["image_key"]))
+    removed = remove_stale_augmented_images(zone_lake, set(pairs["image_key"]))
     context.log.info(f"removed {removed} augmented images no longer named by the pairs")

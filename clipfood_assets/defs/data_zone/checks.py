@@ -79,9 +79,9 @@ def paired_images_exist(
     description="Every image the augmented CSV names exists; augmented image count matches the CSV.",
 )
 def augmented_images_exist(lake: LakeResource, augmented_training_pairs: pd.DataFrame) -> dg.AssetCheckResult:
-    store = lake.get_lake()
-    existing = {o.key for o in store.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
-    augmented = {o.key for o in store.list(FINE_TUNING_ZONE, AUGMENTED_IMAGES_PREFIX)}
+    zone_lake = lake.get_lake()
+    existing = {o.key for o in zone_lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
+    augmented = {o.key for o in zone_lake.list(FINE_TUNING_ZONE, AUGMENTED_IMAGES_PREFIX)}
     passed, details = checks.missing_keys(augmented_training_pairs["image_key"], existing | augmented)
     named = set(augmented_training_pairs["image_key"][augmented_training_pairs["image_key"].str.startswith(AUGMENTED_IMAGES_PREFIX)])
     details.update({"augmented images in zone": len(augmented), "augmented images in CSV": len(named)})

@@ -112,10 +112,10 @@ def lora_adapters(
     from clipfood_assets.modeling.train import format_progress, train_lora
 
     run_key = context.partition_key
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     cfg = resolve_run_config(
         settings.experiment_config_path(),
-        read_run_overrides(store, run_key),
+        read_run_overrides(zone_lake, run_key),
         parse_launch_overrides(config.overrides_yaml),
         settings.resolve_base_model(),
     )
@@ -126,10 +126,10 @@ def lora_adapters(
 
     keys = [*augmented_training_pairs["image_key"], *validation_pairs_positive["image_key"]]
     with tempfile.TemporaryDirectory(prefix=f"clipfood-run-{run_key}-") as tmp, \
-            opened_images(context, store, load_processor(cfg.model.name), keys) as images:
+            opened_images(context, zone_lake, load_processor(cfg.model.name), keys) as images:
         work_dir = Path(tmp)
         checkpoints = run_checkpoints_prefix(run_key)
-        restored = download_checkpoints(store, FINE_TUNING_ZONE, checkpoints, work_dir / "checkpoints")
+        restored = download_checkpoints(zone_lake, FINE_TUNING_ZONE, checkpoints, work_dir / "checkpoints")
         if restored:
             context.log.info(f"restored {restored} checkpoint files from the lake; resuming")
         result = train_lora(
@@ -140,7 +140,7 @@ def lora_adapters(
             device=device,
             work_dir=work_dir,
             on_checkpoint=lambda path: upload_checkpoint(
-                store, FINE_TUNING_ZONE, checkpoints, path, cfg.training.keep_checkpoints
+                zone_lake, FINE_TUNING_ZONE, checkpoints, path, cfg.training.keep_checkpoints
             ),
             log=lambda entry: context.log.info(format_progress(entry)) if _worth_logging(entry) else None,
             validation_pairs=validation_pairs_positive,
@@ -184,7 +184,7 @@ def lora_adapters(
         # The manifest is written by the I/O manager inside this block, while the folder exists.
         yield output
     # A finished run needs no checkpoints: a re-run trains again (deterministically) from scratch.
-    store.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
+    zone_lake.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
 
 
 def _validation_metadata(logs: dict) -> dict:
@@ -275,7 +275,7 @@ def lora_results(
     )
 
 
-def _run_report(run_key, results, examples, logs, cfg, baseline, baseline_results, store) -> str:
+def _run_report(run_key, results, examples, logs, cfg, baseline, baseline_results, zone_lake) -> str:
     """This run against M0 as report.md with its figures inline: metric bars, M1−M0, learning
     curve, efficiency and retrieval examples, on the asset's own page."""
     from clipfood_assets.modeling.config import config_to_yaml
@@ -284,5 +284,5 @@ def _run_report(run_key, results, examples, logs, cfg, baseline, baseline_result
     run = RunArtifacts(results=results, examples=examples, training_logs=logs,
                        config=yaml.safe_load(config_to_yaml(cfg)))
     report = build_comparison_report(baseline, baseline_results.read("examples_top5.json"), {run_key: run},
-                                     load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key))
+                                     load_image=lambda key: zone_lake.get_bytes(FINE_TUNING_ZONE, key))
     return report.markdown_with_inline_figures()

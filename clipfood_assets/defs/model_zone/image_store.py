@@ -97,17 +97,17 @@ def _table(rows: list[dict]) -> str:
 
 
 @contextmanager
-def opened_images(context, store: Lake, processor, keys: Sequence[str]) -> Iterator:
+def opened_images(context, zone_lake: Lake, processor, keys: Sequence[str]) -> Iterator:
     """What the model assets pass as ``images``: the packed store of ``processor``'s preprocessing, or,
     when that store is missing or lacks some of ``keys`` (another base model's run, a store not rebuilt
     since the data zone changed), the JPEG loader, with a warning. The store is closed on exit."""
     from clipfood_assets.modeling.image_store import ImageStoreError, open_image_store
 
     def loader(key: str) -> bytes:
-        return store.get_bytes(FINE_TUNING_ZONE, key)
+        return zone_lake.get_bytes(FINE_TUNING_ZONE, key)
 
     try:
-        images = open_image_store(store, processor)
+        images = open_image_store(zone_lake, processor)
     except (ImageStoreError, ValueError) as exc:
         context.log.warning(f"no preprocessed images to read ({exc}); decoding the JPEGs instead")
         yield loader

@@ -18,25 +18,25 @@ from clipfood_assets.modeling.sweep import Sweep, load_sweep
 SWEEP_TAG = "clipfood/sweep"
 
 
-def read_sweep(store: Lake, key: str, settings: ExperimentSettings) -> Sweep:
+def read_sweep(zone_lake: Lake, key: str, settings: ExperimentSettings) -> Sweep:
     """A sweep file of the lake, expanded and validated (ValueError naming the object when bad)."""
     with tempfile.TemporaryDirectory(prefix="clipfood-sweep-") as tmp:
         path = Path(tmp) / Path(key).name  # the file's stem names the sweep when it has no name
-        path.write_bytes(store.get_bytes(FINE_TUNING_ZONE, key))
+        path.write_bytes(zone_lake.get_bytes(FINE_TUNING_ZONE, key))
         try:
             return load_sweep(path, settings.experiment_config_path(), settings.resolve_base_model())
         except ValueError as exc:
-            raise ValueError(f"{store.uri(FINE_TUNING_ZONE, key)}: {exc}") from None
+            raise ValueError(f"{zone_lake.uri(FINE_TUNING_ZONE, key)}: {exc}") from None
 
 
-def stored_sweeps(store: Lake, settings: ExperimentSettings, log=None) -> dict[str, Sweep]:
+def stored_sweeps(zone_lake: Lake, settings: ExperimentSettings, log=None) -> dict[str, Sweep]:
     """Every valid sweep in the lake by name (submitted and run by the CLI); invalid ones are logged and left out."""
     sweeps = {}
-    for obj in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX):
+    for obj in zone_lake.list(FINE_TUNING_ZONE, SWEEPS_PREFIX):
         if not obj.key.endswith(".yaml"):
             continue
         try:
-            sweep = read_sweep(store, obj.key, settings)
+            sweep = read_sweep(zone_lake, obj.key, settings)
         except ValueError as exc:
             if log is not None:
                 log.warning(str(exc))
@@ -45,11 +45,11 @@ def stored_sweeps(store: Lake, settings: ExperimentSettings, log=None) -> dict[s
     return sweeps
 
 
-def _already_trained(instance: dg.DagsterInstance, store: Lake, point) -> bool:
+def _already_trained(instance: dg.DagsterInstance, zone_lake: Lake, point) -> bool:
     """The point's run is trained with exactly these overrides."""
     trained = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("lora_adapters"), asset_partitions=[point.run_key]), limit=1)
-    return bool(trained.records) and read_run_overrides(store, point.run_key) == point.overrides
+    return bool(trained.records) and read_run_overrides(zone_lake, point.run_key) == point.overrides
 
 
 @dg.sensor(
@@ -61,9 +61,9 @@ def _already_trained(instance: dg.DagsterInstance, store: Lake, point) -> bool:
     "and the report follows by automation.",
 )
 def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: ExperimentSettings):
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     seen = json.loads(context.cursor) if context.cursor else {}
-    files = {o.key: o.etag for o in store.list(FINE_TUNING_ZONE, SWEEPS_PREFIX)
+    files = {o.key: o.etag for o in zone_lake.list(FINE_TUNING_ZONE, SWEEPS_PREFIX)
              if o.key.endswith(".yaml") and "/" not in o.key[len(SWEEPS_PREFIX):]}  # not ran/: run by the CLI
     changed = [key for key, etag in files.items() if seen.get(key) != etag]
     if not changed:
@@ -71,14 +71,14 @@ def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settin
     requests, partitions, problems = [], [], []
     for key in changed:
         try:
-            sweep = read_sweep(store, key, settings)
+            sweep = read_sweep(zone_lake, key, settings)
         except ValueError as exc:
             problems.append(str(exc))
             continue
         for point in sweep.points:
-            if _already_trained(context.instance, store, point):
+            if _already_trained(context.instance, zone_lake, point):
                 continue  # e.g. the sweep ran from the CLI, or an unchanged point of an edited file
-            register_run(store, point.run_key, settings.experiment_config_path(), point.overrides,
+            register_run(zone_lake, point.run_key, settings.experiment_config_path(), point.overrides,
                          settings.resolve_base_model())
             partitions.append(point.run_key)
             requests.append(dg.RunRequest(
@@ -121,8 +121,8 @@ def store_sweep(context: dg.OpExecutionContext, config: SweepSubmission, lake: L
                            name=str(spec.get("name") or "sweep"))
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    store = lake.get_lake()
-    store.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), config.sweep_yaml.encode("utf-8"), "application/yaml")
+    zone_lake = lake.get_lake()
+    zone_lake.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), config.sweep_yaml.encode("utf-8"), "application/yaml")
     context.log.info(f"sweep {sweep.name}: {len(sweep.points)} runs ({', '.join(sweep.run_keys)}) stored; the "
                      "sweep_sensor launches them within a minute")
 

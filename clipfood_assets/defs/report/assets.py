@@ -38,12 +38,12 @@ def comparison_report(
 ) -> dg.Output[Bundle]:
     from clipfood_assets.reporting import RunArtifacts, build_comparison_report
 
-    store = lake.get_lake()
+    zone_lake = lake.get_lake()
     runs = {}
     for run_key in sorted(context.instance.get_dynamic_partitions(experiment_runs.name)):
         try:
-            adapters = read_bundle(store, FINE_TUNING_ZONE, run_prefix(run_key), "lora_adapters")
-            results = read_bundle(store, FINE_TUNING_ZONE, run_prefix(run_key), "lora_results")
+            adapters = read_bundle(zone_lake, FINE_TUNING_ZONE, run_prefix(run_key), "lora_adapters")
+            results = read_bundle(zone_lake, FINE_TUNING_ZONE, run_prefix(run_key), "lora_results")
         except IncompleteArtifact as exc:
             context.log.info(f"run {run_key} left out of the report: {exc}")
             continue
@@ -57,9 +57,9 @@ def comparison_report(
         baseline_results.read("results_baseline.json"),
         baseline_results.read("examples_top5.json"),
         runs,
-        load_image=lambda key: store.get_bytes(FINE_TUNING_ZONE, key),
+        load_image=lambda key: zone_lake.get_bytes(FINE_TUNING_ZONE, key),
         sweeps={name: [(p.run_key, p.values) for p in sweep.points]
-                for name, sweep in stored_sweeps(store, settings, context.log).items()},
+                for name, sweep in stored_sweeps(zone_lake, settings, context.log).items()},
     )
     summary = report.summary
     metadata = {

@@ -27,17 +27,17 @@ IMAGES = dg.AssetSpec(
 )
 
 
-def zone_versions(store: Lake, fingerprint: ZoneFingerprint) -> dict[dg.AssetKey, tuple[str, dict]]:
+def zone_versions(zone_lake: Lake, fingerprint: ZoneFingerprint) -> dict[dg.AssetKey, tuple[str, dict]]:
     """Data version and metadata of each trusted-zone asset. One owner for both the observation
     the UI runs and the ones the sensor records, so they always agree."""
     recipes_meta = ({"present": False} if fingerprint.recipes_etag is None else
-                    {"uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, RECIPES_KEY))})
+                    {"uri": dg.MetadataValue.path(zone_lake.uri(TRUSTED_ZONE, RECIPES_KEY))})
     return {
         RECIPES.key: (fingerprint.recipes_etag or "missing", recipes_meta),
         IMAGES.key: (fingerprint.images_digest[:16], {
             "images": fingerprint.n_images,
             "size_bytes": fingerprint.images_bytes,
-            "uri": dg.MetadataValue.path(store.uri(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)),
+            "uri": dg.MetadataValue.path(zone_lake.uri(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)),
         }),
     }
 
@@ -48,7 +48,7 @@ def trusted_zone(context: dg.AssetExecutionContext, lake: LakeResource):
 
     Either asset can be observed alone; both come from one listing of the zone.
     """
-    store = lake.get_lake()
-    for key, (version, metadata) in zone_versions(store, fingerprint_trusted_zone(store)).items():
+    zone_lake = lake.get_lake()
+    for key, (version, metadata) in zone_versions(zone_lake, fingerprint_trusted_zone(zone_lake)).items():
         if key in context.selected_asset_keys:
             yield dg.ObserveResult(asset_key=key, data_version=dg.DataVersion(version), metadata=metadata)

@@ -32,18 +32,18 @@ def describe_change(before: dict | None, after: dict) -> str:
     return "; ".join(parts)
 
 
-def observations(store: Lake, fingerprint: ZoneFingerprint) -> list[dg.AssetObservation]:
+def observations(zone_lake: Lake, fingerprint: ZoneFingerprint) -> list[dg.AssetObservation]:
     """The trusted-zone assets' observations as the sensor records them (same versions as observing them)."""
     return [
         dg.AssetObservation(asset_key=key, metadata=metadata, tags={DATA_VERSION_TAG: version})
-        for key, (version, metadata) in zone_versions(store, fingerprint).items()
+        for key, (version, metadata) in zone_versions(zone_lake, fingerprint).items()
     ]
 
 
-def record_observations(instance: dg.DagsterInstance, store: Lake) -> ZoneFingerprint:
+def record_observations(instance: dg.DagsterInstance, zone_lake: Lake) -> ZoneFingerprint:
     """Record the zone's current versions, so what is built from it next is not shown as stale."""
-    fingerprint = fingerprint_trusted_zone(store)
-    for event in observations(store, fingerprint):
+    fingerprint = fingerprint_trusted_zone(zone_lake)
+    for event in observations(zone_lake, fingerprint):
         instance.report_runless_asset_event(event)
     return fingerprint
 
@@ -88,15 +88,15 @@ def _deliberate_refusal(instance: dg.DagsterInstance, run_id: str) -> str | None
     f"{MAX_ATTEMPTS} attempts).",
 )
 def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-    store = lake.get_lake()
-    fingerprint = fingerprint_trusted_zone(store)
+    zone_lake = lake.get_lake()
+    fingerprint = fingerprint_trusted_zone(zone_lake)
     current = fingerprint.to_dict()
     state = json.loads(context.cursor) if context.cursor else None
     before = None if state is None else {k: v for k, v in state.items() if k != "since"}
     events = []
     since = state.get("since", 0.0) if state else 0.0
     if before != current:
-        events = observations(store, fingerprint)
+        events = observations(zone_lake, fingerprint)
         since = time.time()
         context.update_cursor(json.dumps({**current, "since": since}, sort_keys=True))
 
