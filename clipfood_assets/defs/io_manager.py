@@ -1,4 +1,4 @@
-"""The zone I/O manager: asset values stored in the lake under the seed's file names.
+"""The zone I/O manager: asset values stored in the lake under the original notebooks' file names.
 
 An asset says where it lives with definition metadata:
   `zone_key`    one object (DataFrame -> CSV, dict/list -> JSON or YAML by suffix), or

@@ -33,6 +33,8 @@ GROUP = "data_zone"
 # 2: text-typed CSV schema, one image decoder, copies by source identity, refresh guard.
 # 3: a validation split carved from the training recipes.
 CODE_VERSION = "3"
+# The augmented pairs went on alone: 4: each negative names its recipe (negative_recipe_id).
+AUGMENTED_PAIRS_CODE_VERSION = "4"
 
 
 class PairingConfig(dg.Config):
@@ -199,7 +201,7 @@ def fine_tuning_images(
     f"of another recipe) per positive; variants rendered to {AUGMENTED_IMAGES_PREFIX}. Test data never enters.",
     metadata=zone_object(AUGMENTED_PAIRS_KEY),
     kinds={"pandas", "csv", "pillow"},
-    code_version=CODE_VERSION,
+    code_version=AUGMENTED_PAIRS_CODE_VERSION,
 )
 def augmented_training_pairs(
     context: dg.AssetExecutionContext,

@@ -104,8 +104,7 @@ def label_balance(augmented_training_pairs: pd.DataFrame) -> dg.AssetCheckResult
     description="Every labelled negative pairs an image with a caption of a different recipe.",
 )
 def negatives_cross_recipe(augmented_training_pairs: pd.DataFrame) -> dg.AssetCheckResult:
-    positives = augmented_training_pairs[augmented_training_pairs["label"] == 1]
-    caption_to_recipes = positives.groupby("caption")["recipe_id"].agg(set).to_dict()
+    caption_to_recipes = checks.caption_recipe_index(augmented_training_pairs)
     return _result(*checks.negatives_cross_recipe(augmented_training_pairs, caption_to_recipes))
 
 

@@ -108,19 +108,11 @@ def lora_adapters(
 ) -> dg.Output[Bundle]:
     from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
     from clipfood_assets.modeling.config import config_to_yaml
-    from clipfood_assets.modeling.runs import parse_launch_overrides, read_run_overrides, resolve_run_config
     from clipfood_assets.modeling.train import format_progress, train_lora
 
     run_key = context.partition_key
     zone_lake = lake.get_lake()
-    cfg = resolve_run_config(
-        settings.experiment_config_path(),
-        read_run_overrides(zone_lake, run_key),
-        parse_launch_overrides(config.overrides_yaml),
-        settings.resolve_base_model(),
-    )
-    if compute.precision != "auto":
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"precision": compute.precision})})
+    cfg = _run_config(run_key, config, zone_lake, compute, settings)
     device = compute.torch_device()
     context.log.info(f"run {run_key} on {compute.describe()}:\n{config_to_yaml(cfg)}")
 
@@ -146,16 +138,7 @@ def lora_adapters(
             validation_pairs=validation_pairs_positive,
         )
         logs = result.training_logs
-        efficiency = {
-            "training_time_s": result.training_time_s,
-            "samples_per_s": result.samples_per_s,
-            "peak_memory_bytes": result.peak_memory_bytes,
-            "peak_memory_kind": result.peak_memory_kind,
-            "trainable_parameters": result.trainable_parameters,
-            "total_parameters": result.total_parameters,
-            "device": result.device,
-        }
-        logs["efficiency"] = efficiency
+        logs["efficiency"] = _training_efficiency(result)
         bundle = Bundle(
             {
                 "config.yaml": yaml.safe_load(config_to_yaml(cfg)),
@@ -163,28 +146,59 @@ def lora_adapters(
                 "adapters": result.adapter_dir,
             }
         )
-        output = dg.Output(
-            bundle,
-            metadata={
-                "final loss": round(float(logs["epochs"][-1]["avg_loss"]), 4) if logs.get("epochs") else float("nan"),
-                "training time (s)": round(result.training_time_s, 1),
-                "pairs/s": round(result.samples_per_s, 1),
-                "trainable parameters": int(result.trainable_parameters),
-                "total parameters": int(result.total_parameters),
-                "peak memory (MiB)": round(result.peak_memory_bytes / 2**20, 1),
-                "negatives per pair": round(float(logs.get("negatives_per_pair", 0)), 2),
-                "effective batch": int(logs.get("effective_batch_size", 0)),
-                "lora r": cfg.lora.r,
-                "base model": cfg.model.name,
-                "device": result.device,
-                **_validation_metadata(logs),
-                "learning curve": dg.MetadataValue.md(_learning_curve_md(run_key, logs)),
-            },
-        )
         # The manifest is written by the I/O manager inside this block, while the folder exists.
-        yield output
+        yield dg.Output(bundle, metadata=_adapters_metadata(run_key, cfg, result, logs))
     # A finished run needs no checkpoints: a re-run trains again (deterministically) from scratch.
     zone_lake.delete_prefix(FINE_TUNING_ZONE, run_checkpoints_prefix(run_key))
+
+
+def _run_config(run_key: str, config: LoraRunConfig, zone_lake, compute: ComputeResource,
+                settings: ExperimentSettings) -> ExperimentConfig:
+    """The run's resolved config: the base config, the run's stored overrides, this launch's, the
+    platform's base model, and the compute resource's precision when it is not auto."""
+    from clipfood_assets.modeling.runs import parse_launch_overrides, read_run_overrides, resolve_run_config
+
+    cfg = resolve_run_config(
+        settings.experiment_config_path(),
+        read_run_overrides(zone_lake, run_key),
+        parse_launch_overrides(config.overrides_yaml),
+        settings.resolve_base_model(),
+    )
+    if compute.precision != "auto":
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"precision": compute.precision})})
+    return cfg
+
+
+def _training_efficiency(result) -> dict:
+    """What training_logs.json records of the run's cost (lora_results carries some of it on)."""
+    return {
+        "training_time_s": result.training_time_s,
+        "samples_per_s": result.samples_per_s,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "peak_memory_kind": result.peak_memory_kind,
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
+        "device": result.device,
+    }
+
+
+def _adapters_metadata(run_key: str, cfg: ExperimentConfig, result, logs: dict) -> dict:
+    """lora_adapters' materialization metadata: training figures, validation, the learning curve."""
+    return {
+        "final loss": round(float(logs["epochs"][-1]["avg_loss"]), 4) if logs.get("epochs") else float("nan"),
+        "training time (s)": round(result.training_time_s, 1),
+        "pairs/s": round(result.samples_per_s, 1),
+        "trainable parameters": int(result.trainable_parameters),
+        "total parameters": int(result.total_parameters),
+        "peak memory (MiB)": round(result.peak_memory_bytes / 2**20, 1),
+        "negatives per pair": round(float(logs.get("negatives_per_pair", 0)), 2),
+        "effective batch": int(logs.get("effective_batch_size", 0)),
+        "lora r": cfg.lora.r,
+        "base model": cfg.model.name,
+        "device": result.device,
+        **_validation_metadata(logs),
+        "learning curve": dg.MetadataValue.md(_learning_curve_md(run_key, logs)),
+    }
 
 
 def _validation_metadata(logs: dict) -> dict:

@@ -105,21 +105,16 @@ class SweepSubmission(dg.Config):
 @dg.op(description="Validates a sweep and stores it in the lake, where the sweep_sensor launches its runs.")
 def store_sweep(context: dg.OpExecutionContext, config: SweepSubmission, lake: LakeResource,
                 settings: ExperimentSettings) -> None:
-    import yaml
-
     from clipfood_assets.lake.layout import sweep_key
+    from clipfood_assets.yaml_files import yaml_mapping
 
+    must_be = "a sweep is a mapping (name, base, grid or runs)"
     try:
-        spec = yaml.safe_load(config.sweep_yaml)
-    except yaml.YAMLError as exc:
-        raise dg.Failure(description=f"sweep_yaml: not valid YAML: {exc}", allow_retries=False) from None
-    if not isinstance(spec, dict):
-        raise dg.Failure(description="sweep_yaml: a sweep is a mapping (name, base, grid or runs)",
-                         allow_retries=False)
-    try:
+        spec = yaml_mapping(config.sweep_yaml, "sweep_yaml", must_be, empty=f"{must_be}, got an empty document")
         sweep = load_sweep(spec, settings.experiment_config_path(), settings.resolve_base_model(),
                            name=str(spec.get("name") or "sweep"))
     except ValueError as exc:
+        # The text itself is wrong: retrying cannot help.
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     zone_lake = lake.get_lake()
     zone_lake.put_bytes(FINE_TUNING_ZONE, sweep_key(sweep.name), config.sweep_yaml.encode("utf-8"), "application/yaml")

@@ -1,4 +1,4 @@
-"""The comparison report: M0 against every experiment run, with the seed's plots."""
+"""The comparison report: M0 against every experiment run, with the original notebooks' plots."""
 
 
 import dagster as dg
