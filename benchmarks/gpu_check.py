@@ -13,7 +13,9 @@ with runs in the same process: a plain full fine-tune (every weight trained, bf1
 eager) at the best LoRA batch.
 
 Prints one table, then, last, one JSON line with every figure (keys in ``FIGURES``).  Needs
-only torch, transformers, peft, pandas, pyyaml, pillow, safetensors, pydantic and minio.
+torch, transformers, peft, pandas, pyyaml, pillow, safetensors, pydantic, pydantic-settings and
+minio (torchvision for nvjpeg); ``bash benchmarks/gpu_wheels.sh`` downloads the wheels a bare
+CUDA machine lacks.
 """
 
 from __future__ import annotations
@@ -235,7 +237,6 @@ def full_fine_tune(base: Path, run, timed: int) -> dict:
         one(steps[i % len(steps)])
         synchronize(device)
         times.append(time.perf_counter() - started)
-    del model, optimizer
     return {"pairs_per_s": steps[0].n_pairs / statistics.median(times)}
 
 
@@ -300,7 +301,7 @@ def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, rep
     """Image embedding from the warm store and from JPEGs (store build + embedding) vs the forward pass."""
     from clipfood_assets.modeling.embed import embed_images
     from clipfood_assets.modeling.evaluate import prepare_for_inference
-    from clipfood_assets.modeling.image_store import open_image_store, update_image_store
+    from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
 
     model, processor = load_clip(str(base), device)
     model = prepare_for_inference(model, cfg.evaluation, device)
@@ -331,7 +332,7 @@ def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, rep
     started = time.perf_counter()
     update_image_store(lake, processor, device=device, rebuild=True)
     built = time.perf_counter() - started
-    with open_image_store(lake, processor, cache_dir=cache_dir / "cold") as cold_store:
+    with PackedImageStore.open(lake, processor, cache_dir=cache_dir / "cold") as cold_store:
         started = time.perf_counter()
         embed_images(model, processor, keys, cold_store, batch_size=batch, device=device)
         embedded = time.perf_counter() - started
@@ -403,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         lake, pairs = section("data", lambda: make_lake(work, profile["images"], profile["captions_per_image"],
                                                         max(1, min(16, cores))))
         base = section("base model", lambda: make_base_model(profile["model"], work))
-        from clipfood_assets.modeling.image_store import open_image_store, update_image_store
+        from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
         from transformers import CLIPProcessor
 
         processor = CLIPProcessor.from_pretrained(str(base))
         build = section("store build (cold)", lambda: update_image_store(lake, processor, device=device))
-        store = open_image_store(lake, processor)
+        store = PackedImageStore.open(lake, processor)
         log(f"  {len(store)} images, {build.decode_images_per_s if build else float('nan'):.0f} img/s decoded; "
             f"{len(pairs)} pair rows")
 

@@ -103,5 +103,5 @@ def test_an_unreachable_hub_model_fails_with_the_products_message_first(capsys, 
     write_synthetic_zone(LocalLake(tmp_path / "lake"), n_recipes=6, seed=1)
     err = _error(capsys, ["materialize"])
     # Which model, why, and how to set it come first; the library's own error only as the cause.
-    assert "failed in baseline_results: Could not load CLIP model 'openai/clip-vit-base-patch32'" in err
+    assert "failed in preprocessed_images: Could not load CLIP model 'openai/clip-vit-base-patch32'" in err
     assert err.index("clipfood base-model --use") < err.index("(cause:")

@@ -40,17 +40,33 @@ def load_clip(name_or_path: str | Path, device: torch.device | str = "cpu") -> t
         name = str(local)
     elif local.exists():
         raise ValueError(f"{local} is a file; expected a model directory or a hub id")
-    try:
+    with _explained_load_errors(name, local):
         model = CLIPModel.from_pretrained(name, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(name)
+    model.to(torch.device(device)).eval()
+    return model, processor
+
+
+def load_processor(name_or_path: str | Path) -> CLIPProcessor:
+    """Only the processor (tokenizer + image preprocessing) of a CLIP hub id or local directory,
+    no weights; an unreachable hub id raises the same RuntimeError as :func:`load_clip`."""
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    with _explained_load_errors(name, local):
+        return CLIPProcessor.from_pretrained(str(local) if local.is_dir() else name)
+
+
+@contextlib.contextmanager
+def _explained_load_errors(name: str, local: Path):
+    """A hub id that cannot be fetched becomes one line naming the model and how to set another."""
+    try:
+        yield
     except OSError as exc:
         if local.is_dir():
             raise
         if "safetensors" in str(exc).lower() and ".bin" in str(exc):
             raise ValueError(f"{name}: only pickle weights are published; refusing to load them") from exc
         raise RuntimeError(_OFFLINE_HELP.format(name=name, error=str(exc).splitlines()[0][:200])) from exc
-    model.to(torch.device(device)).eval()
-    return model, processor
 
 
 def resolve_device(pref: str = "auto") -> torch.device:

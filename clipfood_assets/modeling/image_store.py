@@ -78,7 +78,7 @@ from clipfood_assets.modeling.image_decode import (
     resize_crop_of,
     resized_size,
 )
-from clipfood_assets.paths import STATE_DIR
+from clipfood_assets.settings import ClipfoodSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ CUDA_DECODER = "cuda"
 AUTO_EXECUTOR = "threads"
 DECODE_CHUNK = 32  # images per task sent to a worker process
 
-CACHE_DIR_ENV = "CLIPFOOD_CACHE_DIR"
-DEFAULT_CACHE_DIR = STATE_DIR / "cache" / "image_store"
 
 _SHARD_NAME = re.compile(r"^shard-(\d{5,9})\.npy$")
 _PIL_BICUBIC, _PIL_BILINEAR = 3, 2
@@ -697,13 +695,12 @@ def _commit(lake, bucket, prefix, signature, digest, spec, shards, index, failur
 
 
 def resolve_store_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Local folder for shard copies: ``cache_dir``, else ``$CLIPFOOD_CACHE_DIR/image_store`` (the
-    variable names the preprocessed-image cache folder, as for the per-image cache), else
-    ``<state dir>/cache/image_store``."""
+    """Local folder for shard copies: ``cache_dir``, else ``<CLIPFOOD_CACHE_DIR>/image_store``
+    (default ``<CLIPFOOD_HOME>/cache/image_store``), read from the environment when called."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() / "image_store" if env else DEFAULT_CACHE_DIR
+    settings = ClipfoodSettings.from_env()
+    return (settings.cache_dir or settings.home / "cache").expanduser() / "image_store"
 
 
 class PackedImageStore:
@@ -886,8 +883,3 @@ class PackedImageStore:
             tmp.unlink(missing_ok=True)
         self._write_sidecar(path, info)
         self.downloads += 1
-
-
-def open_image_store(lake: Lake, processor, *, bucket: str = FINE_TUNING_ZONE, **kwargs) -> PackedImageStore:
-    """:meth:`PackedImageStore.open`: the store of ``processor``'s preprocessing in ``bucket``."""
-    return PackedImageStore.open(lake, processor, bucket=bucket, **kwargs)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from clipfood_assets.defs.definitions import build_definitions, build_resources
-from clipfood_assets.defs.model_zone.image_store import load_processor, opened_images, preprocessed_images
+from clipfood_assets.defs.model_zone.image_store import opened_images, preprocessed_images
+from clipfood_assets.modeling.clip import load_processor
 from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, PREPROCESSED_IMAGES_PREFIX
 from clipfood_assets.modeling.image_store import PackedImageStore

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from clipfood_assets.defs.io_manager import zone_artifact
 from clipfood_assets.defs.meta import metric_values
-from clipfood_assets.defs.model_zone.image_store import load_processor, opened_images
+from clipfood_assets.defs.model_zone.image_store import opened_images
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.artifacts import Bundle, StoredBundle
@@ -107,6 +107,7 @@ def lora_adapters(
     validation_pairs_positive: pd.DataFrame,
 ) -> dg.Output[Bundle]:
     from clipfood_assets.modeling.checkpoint import download_checkpoints, upload_checkpoint
+    from clipfood_assets.modeling.clip import load_processor
     from clipfood_assets.modeling.config import config_to_yaml
     from clipfood_assets.modeling.train import format_progress, train_lora
 

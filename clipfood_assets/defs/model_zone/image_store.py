@@ -20,13 +20,6 @@ GROUP = "model_zone"
 _FAILURES_SHOWN = 20
 
 
-def load_processor(model_name: str):
-    """Only the processor of a CLIP (hub id or local folder): the store's preprocessing, no weights."""
-    from transformers import CLIPProcessor
-
-    return CLIPProcessor.from_pretrained(model_name)
-
-
 @dg.asset(
     group_name=GROUP,
     deps=["fine_tuning_images", "augmented_training_pairs"],
@@ -45,6 +38,7 @@ def preprocessed_images(
     compute: ComputeResource,
     settings: ExperimentSettings,
 ) -> dg.MaterializeResult:
+    from clipfood_assets.modeling.clip import load_processor
     from clipfood_assets.modeling.image_store import update_image_store
 
     base_model = settings.resolve_base_model()
@@ -101,13 +95,13 @@ def opened_images(context, zone_lake: Lake, processor, keys: Sequence[str]) -> I
     """What the model assets pass as ``images``: the packed store of ``processor``'s preprocessing, or,
     when that store is missing or lacks some of ``keys`` (another base model's run, a store not rebuilt
     since the data zone changed), the JPEG loader, with a warning. The store is closed on exit."""
-    from clipfood_assets.modeling.image_store import ImageStoreError, open_image_store
+    from clipfood_assets.modeling.image_store import ImageStoreError, PackedImageStore
 
     def loader(key: str) -> bytes:
         return zone_lake.get_bytes(FINE_TUNING_ZONE, key)
 
     try:
-        images = open_image_store(zone_lake, processor)
+        images = PackedImageStore.open(zone_lake, processor)
     except (ImageStoreError, ValueError) as exc:
         context.log.warning(f"no preprocessed images to read ({exc}); decoding the JPEGs instead")
         yield loader
