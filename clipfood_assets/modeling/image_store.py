@@ -560,15 +560,86 @@ def update_image_store(
     """
     from clipfood_assets.modeling.efficiency import available_cores
 
-    device = torch.device(device)
-    reference = ImagePreprocessor(processor)
-    spec = resize_crop_of(reference, draft=True)
+    spec = resize_crop_of(ImagePreprocessor(processor), draft=True)
     signature = store_signature(processor)
     digest = signature_digest(signature)
     prefix = preprocessed_images_prefix(digest)
-    uri = lake.uri(bucket, prefix)
-    workers = max(1, int(workers or available_cores()))
+    plan = _plan_update(lake, bucket, prefix, source_prefixes, rebuild=rebuild)
+    failures = list(plan.known_failures)
+    decoded_by: Counter = Counter()
+    decoder_name, decode_seconds = "none", 0.0
+    with tempfile.TemporaryDirectory(prefix="clipfood-image-store-") as tmp:
+        first = max(plan.shard_numbers, default=-1) + 1
+        writer = _ShardWriter(lake, bucket, prefix, spec.shape, shard_bytes, first, Path(tmp))
+        _copy_compacted_rows(lake, bucket, prefix, plan, writer, Path(tmp))
+        if plan.to_decode:
+            decoder_name, stream = _decode_stream(
+                plan.to_decode, _fetcher(lake, bucket), spec, device=torch.device(device),
+                workers=max(1, int(workers or available_cores())), executor=executor, io_workers=io_workers)
+            start = time.perf_counter()
+            for done, (key, pixels, reason, detail, decoder) in enumerate(stream, start=1):
+                etag, size = plan.identity[key]
+                if pixels is None:
+                    failures.append(DecodeFailure(key, reason, detail, etag, size))
+                else:
+                    writer.add(key, pixels, etag, size, decoder)
+                    decoded_by[decoder] += 1
+                if progress is not None:
+                    progress(done, len(plan.to_decode))
+            writer.flush()
+            decode_seconds = time.perf_counter() - start
+        writer.flush()
 
+    shards = {**plan.keep_shards, **writer.written}
+    new_index = pd.concat([plan.kept_rows[INDEX_COLUMNS], pd.DataFrame(writer.index_rows, columns=INDEX_COLUMNS)],
+                          ignore_index=True)
+    new_index = new_index.astype({"shard_row": "int64", "source_size": "int64"})
+    new_index = new_index.sort_values("image_key", kind="stable").reset_index(drop=True)
+    failure_table = pd.DataFrame(
+        [(f.key, f.etag, int(f.size), f.reason, f.detail) for f in sorted(failures, key=lambda f: f.key)],
+        columns=FAILURE_COLUMNS,
+    )
+    _commit(lake, bucket, prefix, signature, digest, spec, shards, new_index, failure_table)
+    # Only now may anything the new manifest does not name go: old shards and leftovers of interrupted builds.
+    deleted = []
+    for name in sorted(plan.existing_shards):
+        if name not in shards:
+            lake.delete(bucket, prefix + name)
+            deleted.append(name)
+    return BuildResult(
+        uri=plan.uri, prefix=prefix, digest=digest, signature=signature, images=len(new_index),
+        new=len(plan.to_decode) - plan.changed, changed=plan.changed, reused=len(plan.kept), removed=plan.removed,
+        moved=len(plan.moved_rows), decoded=len(plan.to_decode), failures=failures, shards=len(shards),
+        shards_written=sorted(writer.written), shards_deleted=deleted,
+        bytes=sum(info["size"] for info in shards.values()),
+        bytes_written=sum(info["size"] for info in writer.written.values()), decode_seconds=decode_seconds,
+        decoder=decoder_name, decoded_by=dict(decoded_by),
+    )
+
+
+@dataclass
+class _Plan:
+    """What an update keeps, moves, decodes and may delete (computed before anything is written)."""
+
+    uri: str
+    identity: dict[str, tuple[str, int]]  # source key -> (ETag, size)
+    kept: pd.DataFrame  # index rows whose source is unchanged
+    kept_rows: pd.DataFrame  # ... of them, those in shards kept as they are
+    moved_rows: pd.DataFrame  # ... and those in shards compacted away
+    keep_shards: dict[str, dict]
+    compact: set[str]
+    old_shards: dict[str, dict]
+    known_failures: list[DecodeFailure]
+    to_decode: list[str]
+    changed: int
+    removed: int
+    existing_shards: set[str]  # shard files in the lake or the old manifest
+    shard_numbers: list[int] = field(default_factory=list)
+
+
+def _plan_update(lake: Lake, bucket: str, prefix: str, source_prefixes: Sequence[str], *, rebuild: bool) -> _Plan:
+    """Compare the sources' identities with the committed index: what is reused, compacted, decoded."""
+    uri = lake.uri(bucket, prefix)
     sources = _list_sources(lake, bucket, source_prefixes)
     state = None
     if not rebuild:
@@ -585,88 +656,51 @@ def update_image_store(
             zip(index["image_key"], index["source_etag"], index["source_size"])]
     kept = index[np.array(same, dtype=bool)].reset_index(drop=True)
     in_index = set(index["image_key"])
-    removed = len(in_index - set(sources))
     known_failures = [
         DecodeFailure(k, r, d, e, int(s)) for k, e, s, r, d in old_failures[FAILURE_COLUMNS].itertuples(index=False)
         if identity.get(k) == (e, int(s))
     ]
     skip = set(kept["image_key"]) | {f.key for f in known_failures}
     to_decode = [k for k in sources if k not in skip]
-    changed = sum(1 for k in to_decode if k in in_index)
 
     live = kept.groupby("shard").size().to_dict()
     compact = {name for name, info in old_shards.items() if 0 < live.get(name, 0) and 2 * live[name] < info["rows"]}
     keep_shards = {name: info for name, info in old_shards.items() if live.get(name, 0) and name not in compact}
-    moved_rows = kept[kept["shard"].isin(compact)]
-    kept_rows = kept[kept["shard"].isin(keep_shards)]
-
     listed = [o.key[len(prefix):] for o in lake.list(bucket, prefix)]
-    numbers = [int(m.group(1)) for n in [*listed, *old_shards] if (m := _SHARD_NAME.match(n))]
-    failures = list(known_failures)
-    decoded_by: Counter = Counter()
-    decoder_name = "none"
-    decode_seconds = 0.0
-    with tempfile.TemporaryDirectory(prefix="clipfood-image-store-") as tmp:
-        writer = _ShardWriter(lake, bucket, prefix, spec.shape, shard_bytes, max(numbers, default=-1) + 1, Path(tmp))
-        # Compaction first: moved rows stay together, in their old order.
-        for name, rows in moved_rows.groupby("shard", sort=True):
-            local = lake.get_file(bucket, prefix + name, Path(tmp) / f"old-{name}")
-            if _sha256_file(local) != old_shards[name]["sha256"]:
-                raise ImageStoreError(f"image store {uri}: shard {name} does not match its manifest's sha256")
-            array = np.load(local, mmap_mode="r", allow_pickle=False)
-            for row in rows.sort_values("shard_row").itertuples(index=False):
-                writer.add(row.image_key, np.asarray(array[row.shard_row]), row.source_etag, row.source_size,
-                           row.decoder)
-            del array
-            local.unlink()
-
-        def fetch(key: str) -> bytes | None:
-            try:
-                return lake.get_bytes(bucket, key)
-            except ObjectNotFound:
-                return None
-
-        if to_decode:
-            decoder_name, stream = _decode_stream(to_decode, fetch, spec, device=device, workers=workers,
-                                                  executor=executor, io_workers=io_workers)
-            start = time.perf_counter()
-            for done, (key, pixels, reason, detail, decoder) in enumerate(stream, start=1):
-                etag, size = identity[key]
-                if pixels is None:
-                    failures.append(DecodeFailure(key, reason, detail, etag, size))
-                else:
-                    writer.add(key, pixels, etag, size, decoder)
-                    decoded_by[decoder] += 1
-                if progress is not None:
-                    progress(done, len(to_decode))
-            writer.flush()
-            decode_seconds = time.perf_counter() - start
-        writer.flush()
-
-    shards = {**keep_shards, **writer.written}
-    new_index = pd.concat([kept_rows[INDEX_COLUMNS], pd.DataFrame(writer.index_rows, columns=INDEX_COLUMNS)],
-                          ignore_index=True)
-    new_index = new_index.astype({"shard_row": "int64", "source_size": "int64"})
-    new_index = new_index.sort_values("image_key", kind="stable").reset_index(drop=True)
-    failure_table = pd.DataFrame(
-        [(f.key, f.etag, int(f.size), f.reason, f.detail) for f in sorted(failures, key=lambda f: f.key)],
-        columns=FAILURE_COLUMNS,
+    existing = {n for n in [*listed, *old_shards] if _SHARD_NAME.match(n)}
+    return _Plan(
+        uri=uri, identity=identity, kept=kept, kept_rows=kept[kept["shard"].isin(keep_shards)],
+        moved_rows=kept[kept["shard"].isin(compact)], keep_shards=keep_shards, compact=compact,
+        old_shards=old_shards, known_failures=known_failures, to_decode=to_decode,
+        changed=sum(1 for k in to_decode if k in in_index), removed=len(in_index - set(sources)),
+        existing_shards=existing, shard_numbers=[int(_SHARD_NAME.match(n).group(1)) for n in existing],
     )
-    _commit(lake, bucket, prefix, signature, digest, spec, shards, new_index, failure_table)
-    # Only now may anything the new manifest does not name go: old shards and leftovers of interrupted builds.
-    deleted = []
-    for name in sorted(set(listed) | set(old_shards)):
-        if _SHARD_NAME.match(name) and name not in shards:
-            lake.delete(bucket, prefix + name)
-            deleted.append(name)
-    return BuildResult(
-        uri=uri, prefix=prefix, digest=digest, signature=signature, images=len(new_index),
-        new=len(to_decode) - changed, changed=changed, reused=len(kept), removed=removed, moved=len(moved_rows),
-        decoded=len(to_decode), failures=failures, shards=len(shards), shards_written=sorted(writer.written),
-        shards_deleted=deleted, bytes=sum(info["size"] for info in shards.values()),
-        bytes_written=sum(info["size"] for info in writer.written.values()), decode_seconds=decode_seconds,
-        decoder=decoder_name, decoded_by=dict(decoded_by),
-    )
+
+
+def _copy_compacted_rows(lake: Lake, bucket: str, prefix: str, plan: _Plan, writer: _ShardWriter, tmp: Path) -> None:
+    """Compaction first: the live rows of half-empty shards move to the new shards, together, in their order."""
+    for name, rows in plan.moved_rows.groupby("shard", sort=True):
+        local = lake.get_file(bucket, prefix + name, tmp / f"old-{name}")
+        if _sha256_file(local) != plan.old_shards[name]["sha256"]:
+            raise ImageStoreError(f"image store {plan.uri}: shard {name} does not match its manifest's sha256")
+        array = np.load(local, mmap_mode="r", allow_pickle=False)
+        for row in rows.sort_values("shard_row").itertuples(index=False):
+            writer.add(row.image_key, np.asarray(array[row.shard_row]), row.source_etag, row.source_size,
+                       row.decoder)
+        del array
+        local.unlink()
+
+
+def _fetcher(lake: Lake, bucket: str) -> Callable[[str], bytes | None]:
+    def fetch(key: str) -> bytes | None:  # None: listed, but gone when read
+        try:
+            return lake.get_bytes(bucket, key)
+        except ObjectNotFound:
+            return None
+
+    return fetch
+
+
 
 
 

@@ -359,8 +359,24 @@ def train_lora(
         adapter_dir = run.save_adapters()
         peak, kind = peak_memory(device)
 
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        training_logs=_training_logs(state, run, precision, pairs),
+        trainable_parameters=run.parameter_counts[0],
+        total_parameters=run.parameter_counts[1],
+        peak_memory_bytes=peak,
+        peak_memory_kind=kind,
+        training_time_s=state.elapsed_s,
+        samples_per_s=state.pairs_seen / state.elapsed_s if state.elapsed_s > 0 else 0.0,
+        device=describe_device(device),
+    )
+
+
+def _training_logs(state: TrainState, run: _Run, precision: str, pairs: TrainingPairs) -> dict:
+    """training_logs.json: every step and epoch, validation, and how the run was computed."""
+    training, world = run.cfg.training, run.world
     steps = max(1, len(state.logs["steps"]))
-    training_logs = {
+    return {
         "steps": state.logs["steps"],
         "epochs": state.logs["epochs"],
         "total_time_s": state.elapsed_s,
@@ -383,17 +399,6 @@ def train_lora(
         "stopped_early_at_epoch": state.stopped_early_at_epoch,
         "final_adapters": training.final_adapters if run.best_weights else "last",
     }
-    return TrainResult(
-        adapter_dir=adapter_dir,
-        training_logs=training_logs,
-        trainable_parameters=run.parameter_counts[0],
-        total_parameters=run.parameter_counts[1],
-        peak_memory_bytes=peak,
-        peak_memory_kind=kind,
-        training_time_s=state.elapsed_s,
-        samples_per_s=state.pairs_seen / state.elapsed_s if state.elapsed_s > 0 else 0.0,
-        device=describe_device(device),
-    )
 
 
 @dataclass
