@@ -289,6 +289,7 @@ def _probe_pairs_per_budget(run_pass: Callable[[int], None], device: torch.devic
         run_pass(probe)
     torch.cuda.synchronize(device)
     per_pair = max(1, torch.cuda.max_memory_allocated(device) - before) / probe
+    torch.cuda.empty_cache()  # the probe's blocks back to the device, so "free" counts them
     free, _ = torch.cuda.mem_get_info(device)
     fit = int(fraction * free / per_pair)
     return max(1, min(effective, fit // 8 * 8 if fit >= 8 else fit))
