@@ -61,6 +61,7 @@ from clipfood_assets.lake.artifacts import (
     write_manifest,
 )
 from clipfood_assets.lake.base import Lake, ObjectInfo, ObjectNotFound
+from clipfood_assets.lake.local import LocalLake
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
     FINE_TUNING_ZONE,
@@ -555,7 +556,8 @@ def update_image_store(
     Decoding: on CUDA with torchvision, nvjpeg batches and a torch resize on the device (other images on
     CPU); on CPU, DCT-scaled JPEG decoding in ``workers`` threads (``executor="threads"``; ``"auto"``: threads,
     measured at least as fast, see :data:`AUTO_EXECUTOR`) or spawned processes (``"processes"``, chunks of
-    :data:`DECODE_CHUNK` images a task, workers that import only Pillow and numpy).
+    :data:`DECODE_CHUNK` images a task, workers that import only Pillow and numpy). Images are read in
+    ``io_workers`` threads from an S3 lake, in one thread from a local lake.
     ``progress(done, total)`` is called as images are decoded.
     """
     from clipfood_assets.modeling.efficiency import available_cores
@@ -573,9 +575,12 @@ def update_image_store(
         writer = _ShardWriter(lake, bucket, prefix, spec.shape, shard_bytes, first, Path(tmp))
         _copy_compacted_rows(lake, bucket, prefix, plan, writer, Path(tmp))
         if plan.to_decode:
+            # A local lake's read is a page-cache copy: more reader threads only contend for the
+            # GIL with the decoders (2 cores: 3,223 img/s with one reader, 2,379 with eight).
+            readers = 1 if isinstance(lake, LocalLake) else io_workers
             decoder_name, stream = _decode_stream(
                 plan.to_decode, _fetcher(lake, bucket), spec, device=torch.device(device),
-                workers=max(1, int(workers or available_cores())), executor=executor, io_workers=io_workers)
+                workers=max(1, int(workers or available_cores())), executor=executor, io_workers=readers)
             start = time.perf_counter()
             for done, (key, pixels, reason, detail, decoder) in enumerate(stream, start=1):
                 etag, size = plan.identity[key]
