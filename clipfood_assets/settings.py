@@ -74,8 +74,8 @@ class ClipfoodSettings(BaseSettings):
         default=None, validation_alias=BASE_MODEL_ENV,
         description="Overrides the platform's base CLIP (hub id or local folder) for every process that inherits it.",
     )
-    cache_dir: Path | None = Field(
-        default=None, validation_alias=CACHE_DIR_ENV,
+    cache_dir: Path = Field(
+        default_factory=lambda data: data["home"] / "cache", validation_alias=CACHE_DIR_ENV,
         description="Folder of local caches of preprocessed images; default `<home>/cache`.",
     )
     torch_threads: int | None = Field(

@@ -118,3 +118,24 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def compile_enabled(setting: str, device: torch.device | str) -> bool:
+    """``training.compile`` / ``evaluation.compile``: auto compiles on CUDA only (CPU runs stay eager
+    and bit-reproducible)."""
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def compile_towers(model) -> None:
+    """``torch.compile`` the vision and text towers of a plain or peft-wrapped CLIP in place
+    (parameter names unchanged, so adapters save and checkpoints load as in eager mode)."""
+    import torch._inductor.config as inductor_config
+
+    # Random ops from eager kernels: dropout masks then come from torch's generator, so the
+    # feature cache's replay (which restores its state) draws the same masks.
+    inductor_config.fallback_random = True
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for tower in (base.vision_model, base.text_model):
+        # Default dynamism: a second batch shape (the text batch varies with the labelled
+        # negatives, an epoch's last step is short) compiles one shape-generic graph.
+        tower.compile()

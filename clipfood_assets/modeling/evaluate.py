@@ -20,7 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipfood_assets.modeling.clip import describe_device, resolve_precision
+from clipfood_assets.modeling.clip import (
+    compile_enabled,
+    compile_towers,
+    describe_device,
+    resolve_precision,
+)
 from clipfood_assets.modeling.config import EvaluationSettings, ExperimentConfig
 from clipfood_assets.modeling.efficiency import configure_cpu_threads
 from clipfood_assets.modeling.embed import embed_images, embed_texts
@@ -140,10 +145,8 @@ def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.d
     device = torch.device(device)
     if device.type == "cuda" and resolve_precision(device, evaluation.precision) == "bf16":
         model.to(torch.bfloat16)
-    if evaluation.compile == "on" or (evaluation.compile == "auto" and device.type == "cuda"):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        for tower in (base.vision_model, base.text_model):
-            tower.compile()
+    if compile_enabled(evaluation.compile, device):
+        compile_towers(model)
     return model
 
 

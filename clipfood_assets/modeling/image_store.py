@@ -738,8 +738,7 @@ def resolve_store_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     (default ``<CLIPFOOD_HOME>/cache/image_store``), read from the environment when called."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    settings = ClipfoodSettings.from_env()
-    return (settings.cache_dir or settings.home / "cache").expanduser() / "image_store"
+    return ClipfoodSettings.from_env().cache_dir.expanduser() / "image_store"
 
 
 class PackedImageStore:

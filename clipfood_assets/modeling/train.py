@@ -53,6 +53,8 @@ from clipfood_assets.modeling.checkpoint import (
 )
 from clipfood_assets.modeling.clip import (
     autocast_context,
+    compile_enabled,
+    compile_towers,
     describe_device,
     load_clip,
     resolve_precision,
@@ -230,26 +232,6 @@ def enable_gradient_checkpointing(model) -> None:
     enabled = getattr(model, "is_activation_checkpointing", None)
     if not (enabled if enabled is not None else model.is_gradient_checkpointing):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
-
-
-def compile_enabled(setting: str, device: torch.device) -> bool:
-    """``training.compile``: auto compiles on CUDA only (CPU runs stay eager and bit-reproducible)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
-def compile_towers(model) -> None:
-    """``torch.compile`` the vision and text towers in place (parameter names unchanged, so
-    adapters save and checkpoints load as in eager mode)."""
-    import torch._inductor.config as inductor_config
-
-    # Random ops from eager kernels: dropout masks then come from torch's generator, so the
-    # feature cache's replay (which restores its state) draws the same masks.
-    inductor_config.fallback_random = True
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for tower in (base.vision_model, base.text_model):
-        # Default dynamism: a second batch shape (the text batch varies with the labelled
-        # negatives, an epoch's last step is short) compiles one shape-generic graph.
-        tower.compile()
 
 
 class ResidentImages:
@@ -430,7 +412,6 @@ class _Run:
     frozen_dtype: torch.dtype
     micro_batch: int = 0
     resident: ResidentImages | None = None
-    sharding: StepSharding | None = None
     builder: StepBuilder | None = None
     scheduler: object = None
     total_steps: int = 0
@@ -511,7 +492,6 @@ class _Run:
             fit = _probe_pairs_per_budget(probe, self.device, training.memory_fraction, training.effective_batch_size)
         micro = self.micro_batch = training.micro_batch_size(fit)
         self.builder = self._builder(local_micro_batch_size(micro, self.world))
-        self.sharding = self.builder.sharding
         logger.info("micro-batch %d of effective batch %d%s", micro, training.effective_batch_size,
                     f" (auto: {fit} fit on {describe_device(self.device)})" if fit else "")
 
@@ -601,7 +581,7 @@ class _Run:
                 break
             batches = epoch_batches(len(self.pairs), training.effective_batch_size, cfg.seed, epoch, min_pairs)
             if self.resident is None:  # start decoding this epoch's images in order
-                self.source.prefetch(self.sharding.local_keys(batches[state.batch_in_epoch:], self.pairs))
+                self.source.prefetch(self.builder.sharding.local_keys(batches[state.batch_in_epoch:], self.pairs))
             steps = StepPrefetcher(self.builder, batches[state.batch_in_epoch:])
             window: list[tuple[dict, torch.Tensor, torch.Tensor]] = []
             started = time.perf_counter()
