@@ -53,3 +53,13 @@ def zone_definitions(*, assets, asset_checks=(), jobs=(), sensors=(), kinds: fro
 
     return dg.Definitions(assets=dg.map_asset_specs(shared, assets), asset_checks=list(asset_checks),
                           jobs=list(jobs), sensors=list(sensors))
+
+
+# Run tags read by the instance (docker/dagster.yaml): the run queue lets one data-zone writer run at
+# a time, and run monitoring fails a run that outlives its job's dagster/max_runtime (seconds).
+DATA_ZONE_WRITER_TAGS = {"clipfood/writes": "data_zone"}
+
+
+def max_runtime(hours: float) -> dict[str, str]:
+    """The tag that bounds how long a run of a job may stay STARTED before monitoring fails it."""
+    return {"dagster/max_runtime": str(int(hours * 3600))}
