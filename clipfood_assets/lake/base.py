@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import re
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,15 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 class LakeError(RuntimeError):
     """A storage operation failed; the message names the object."""
+
+
+# Lack of space, said in words: the errno alone ("[Errno 27]") does not tell an operator what to free.
+_NO_SPACE = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EFBIG: "file too large"}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """Why a filesystem write failed, in words: "disk full", "file too large", else the OS's message."""
+    return _NO_SPACE.get(exc.errno, exc.strerror or str(exc))
 
 
 class ObjectNotFound(LakeError, KeyError):
@@ -113,13 +124,25 @@ class Lake(ABC):
             return stream.read()
 
     def get_file(self, bucket: str, key: str, path: Path, chunk_size: int = 1 << 20) -> Path:
+        """Download an object to ``path``, whole or not at all: on any failure its partial copy is removed.
+
+        Raises ObjectNotFound, or LakeError naming the object and why (e.g. "disk full") when the local
+        write fails.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with self.open(bucket, key) as stream, open(tmp, "wb") as out:
-            while chunk := stream.read(chunk_size):
-                out.write(chunk)
-        tmp.replace(path)
+        # A name of its own: two downloads to one path must not write into the same partial file.
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.open(bucket, key) as stream, open(tmp, "wb") as out:
+                while chunk := stream.read(chunk_size):
+                    out.write(chunk)
+            tmp.replace(path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise LakeError(f"cannot download {self.uri(bucket, key)} to {path}: {os_error_reason(exc)}") from exc
+            raise
         return path
 
     def iter_chunks(self, bucket: str, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:

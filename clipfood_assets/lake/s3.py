@@ -27,6 +27,8 @@ from clipfood_assets.lake.base import (
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+# The server's lack of space in the local lake's words (MinIO answers 507 XMinioStorageFull when its drives fill).
+_NO_SPACE = {"XMinioStorageFull": "disk full", "EntityTooLarge": "file too large"}
 
 
 def _http_client(retries: int, backoff: float, timeout: float) -> urllib3.PoolManager:
@@ -85,7 +87,8 @@ class S3Lake(Lake):
         except S3Error as exc:
             if exc.code in _NOT_FOUND:
                 raise ObjectNotFound(f"no object {what}") from None
-            raise LakeError(f"S3 error on {what}: {exc.code} {exc.message}") from exc
+            why = f" ({_NO_SPACE[exc.code]})" if exc.code in _NO_SPACE else ""
+            raise LakeError(f"S3 error on {what}: {exc.code} {exc.message}{why}") from exc
         except (ServerError, InvalidResponseError) as exc:
             # 5xx after the retries ran out, or a proxy's non-S3 answer (an HTML 503).
             raise LakeError(f"S3 server error on {what} at {self.endpoint}: {exc}") from exc

@@ -38,8 +38,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
 class FaultProxy:
     """An HTTP proxy in front of the S3 server that answers 503 to the first requests or stalls.
 
-    ``fail_first``: how many requests get a 503 (``fail_body``/``fail_type``) before the proxy
-    forwards. ``stall``: seconds to hold every request before forwarding (released at close).
+    ``fail_first``: how many requests get a ``fail_status`` (503; ``fail_body``/``fail_type``) before
+    the proxy forwards. ``stall``: seconds to hold every request before forwarding (released at close).
     ``truncate``: forward, but cut every response body in half (a connection lost mid-download).
     ``fail_if(method, path)``: which requests count for ``fail_first`` (default: all).
     """
@@ -53,12 +53,14 @@ class FaultProxy:
         fail_type: str = "application/xml",
         truncate: bool = False,
         fail_if: Callable[[str, str], bool] = lambda method, path: True,
+        fail_status: int = 503,
     ):
         self.upstream_host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
         self.fail_first, self.stall = fail_first, stall
         self.fail_body, self.fail_type, self.truncate, self.fail_if = fail_body, fail_type, truncate, fail_if
-        self.seen: list[tuple[str, str, int]] = []  # (method, path, status answered)
+        self.fail_status = fail_status
+        self.seen: list[tuple[str, str, int]] = []  # (method, path, fault status answered, else 0)
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -73,7 +75,7 @@ class FaultProxy:
 
     @property
     def failures(self) -> int:
-        return sum(1 for _, _, status in self.seen if status == 503)
+        return sum(1 for _, _, status in self.seen if status)
 
     def close(self) -> None:
         self._released.set()
@@ -82,8 +84,8 @@ class FaultProxy:
 
     def _next_is_fault(self, method: str, path: str) -> bool:
         with self._lock:
-            fault = self.fail_if(method, path) and sum(1 for _, _, s in self.seen if s == 503) < self.fail_first
-            self.seen.append((method, path, 503 if fault else 0))
+            fault = self.fail_if(method, path) and self.failures < self.fail_first
+            self.seen.append((method, path, self.fail_status if fault else 0))
             return fault
 
     def _handler_class(self):
@@ -100,7 +102,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None  # always drain the upload
                 if proxy._next_is_fault(self.command, self.path):
-                    self._answer(503, [("Content-Type", proxy.fail_type)], proxy.fail_body)
+                    self._answer(proxy.fail_status, [("Content-Type", proxy.fail_type)], proxy.fail_body)
                     return
                 if proxy.stall and proxy._released.wait(proxy.stall):
                     return  # the proxy is closing: drop the request
@@ -230,6 +232,19 @@ def test_503_when_creating_a_zone_is_a_lake_error(fault_proxy, s3_lake):
     with pytest.raises(LakeError, match=FINE_TUNING_ZONE):
         lake.put_bytes(FINE_TUNING_ZONE, "datasets/train_pairs_positive.csv", b"recipe_id,image_key,caption\n")
     assert proxy.failures == 2
+
+
+def test_a_full_server_is_a_lake_error_saying_disk_full(fault_proxy, s3_lake):
+    # What MinIO answers when its drives are full: 507 and an S3 error document (not retried: no 5xx it lists).
+    full = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>XMinioStorageFull</Code><Message>Storage backend '
+            b"has reached its minimum free drive threshold. Please delete a few objects to proceed.</Message></Error>")
+    s3_lake.ensure_bucket(FINE_TUNING_ZONE)
+    proxy = fault_proxy(fail_first=100, fail_status=507, fail_body=full, fail_if=lambda method, path: method == "PUT")
+    lake = client(proxy.endpoint, retries=2)
+    with pytest.raises(LakeError, match=r"s3://fine-tuning-zone/datasets/train_pairs_positive\.csv.*\(disk full\)"):
+        lake.put_bytes(FINE_TUNING_ZONE, "datasets/train_pairs_positive.csv", b"recipe_id,image_key,caption\n")
+    assert proxy.failures == 1
+    assert list(s3_lake.list(FINE_TUNING_ZONE)) == []
 
 
 # (b) a stalled server: the timeout turns a hang into a clear error.
