@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -13,20 +14,45 @@ import time
 from pathlib import Path
 
 
-from clipfood_assets.paths import EXPERIMENT_CONFIG, PROJECT_ROOT, STATE_DIR
+from clipfood_assets.paths import DEMO_RUN_CONFIG, EXPERIMENT_CONFIG, state_dir
 
 log = logging.getLogger("clipfood")
 
-DEFAULT_BASE_MODEL_DIR = STATE_DIR / "base-model"
-DEMO_RUN_CONFIG = PROJECT_ROOT / "configs" / "runs" / "demo.yaml"
+DEFAULT_BASE_MODEL_DIR = state_dir() / "base-model"
 
-DAGSTER_YAML = """\
-# Written by `clipfood`: local run storage, and one training at a time per GPU pool.
+_WRITTEN_BY_US = "# Written by `clipfood`"
+# docker/dagster.yaml's behaviour on one machine: runs are processes of the code server (checked by
+# pid, so a killed worker is failed and its slot freed), one training at a time, crashed workers retried.
+DAGSTER_YAML = f"""\
+{_WRITTEN_BY_US} (rewritten by it while this line is here): local run storage, runs as processes.
+run_launcher:
+  module: clipfood_assets.defs.run_launcher
+  class: ProcessRunLauncher
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  poll_interval_seconds: 15
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 30
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 concurrency:
   pools:
+    granularity: run
     default_limit: 1
 telemetry:
   enabled: false
+"""
+# `clipfood dev`'s workspace: the installed package's definitions, run from the working directory.
+WORKSPACE_YAML = """\
+# Written by `clipfood dev`.
+load_from:
+  - python_module:
+      module_name: clipfood_assets.definitions
+      location_name: clipfood_assets
+      working_directory: {cwd}
 """
 
 
@@ -50,8 +76,11 @@ def dagster_home() -> Path:
 
     home = ClipfoodSettings.from_env().dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    instance_file = home / "dagster.yaml"
+    current = instance_file.read_text() if instance_file.exists() else None
+    # A file a person wrote is theirs; ours follows the current version of the platform.
+    if current is None or (current.startswith(_WRITTEN_BY_US) and current != DAGSTER_YAML):
+        instance_file.write_text(DAGSTER_YAML)
     os.environ[DAGSTER_HOME_ENV] = str(home)
     return home
 
@@ -216,8 +245,9 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     from clipfood_assets.defs.definitions import build_definitions
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
     from clipfood_assets.defs.resources import ExperimentSettings
-    from clipfood_assets.defs.trusted_zone.sensors import built_from, record_observations
+    from clipfood_assets.defs.trusted_zone.sensors import record_observations
     from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
+    from clipfood_assets.lake.provenance import zone_built_from
     from clipfood_assets.modeling.config import read_config_mapping
     from clipfood_assets.modeling.runs import register_run, resolve_run_config
 
@@ -241,7 +271,7 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     instance.add_dynamic_partitions(experiment_runs.name, list(runs))
     # Observed first: what is built next records these versions and is not shown as stale.
     zone = record_observations(instance, lake)
-    if force or built_from(instance) != zone.version:
+    if force or zone_built_from(lake) != zone.version:
         from clipfood_assets.defs.data_zone.assets import accept_degenerate_refresh_config
 
         # --force also lets a refresh through the guard that stops degenerate ones (pairs to 0...).
@@ -365,13 +395,14 @@ def cmd_dev(args) -> None:
     from clipfood_assets.deployment import platform_base_model
 
     home = dagster_home()
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-           "-h", args.host, "-p", str(args.port)]
+    workspace = home / "workspace.yaml"
+    workspace.write_text(WORKSPACE_YAML.format(cwd=json.dumps(str(Path.cwd()))))
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     base = platform_base_model()
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})\nbase model: {base.describe()}",
           flush=True)
     # Its own process group, so that Ctrl-C / SIGTERM here stops every process it starts, at once.
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from clipfood_assets.paths import resolve_project_path, state_dir
+from clipfood_assets.paths import resolve_user_path, state_dir
 from clipfood_assets.settings import BASE_MODEL_ENV, ClipfoodSettings
 from clipfood_assets.yaml_files import read_yaml_mapping
 
@@ -37,7 +37,7 @@ class BaseModel:
 
 
 def _normalise(name: str) -> str:
-    local = resolve_project_path(name)
+    local = resolve_user_path(name)
     return str(local) if local.exists() else name
 
 

@@ -15,9 +15,6 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-# The project root: relative defaults (configs, the state folder) are taken from it.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 HOME_ENV = "CLIPFOOD_HOME"
 LAKE_DIR_ENV = "CLIPFOOD_LAKE_DIR"
 BASE_MODEL_ENV = "CLIPFOOD_BASE_MODEL"
@@ -59,8 +56,9 @@ class ClipfoodSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
 
     home: Path = Field(
-        default_factory=lambda: PROJECT_ROOT / ".clipfood", validation_alias=HOME_ENV,
-        description="The state folder (lake, base model, Dagster home, caches); default `.clipfood/`.",
+        default_factory=lambda: Path.cwd() / ".clipfood", validation_alias=HOME_ENV,
+        description="The state folder (lake, base model, Dagster home, caches); default `.clipfood/` in the "
+        "working directory.",
     )
     lake_dir: Path = Field(
         default_factory=lambda data: data["home"] / "lake", validation_alias=LAKE_DIR_ENV,

@@ -4,11 +4,11 @@ import re
 
 import yaml
 
-from clipfood_assets.paths import PROJECT_ROOT
+from clipfood_assets_tests import REPO_ROOT
 
 
 def _compose():
-    return yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 
 
 def test_services_ports_and_healthchecks():
@@ -37,15 +37,15 @@ def test_dagster_services_get_the_lake_env_the_code_reads():
 
 
 def test_every_variable_is_in_env_example_and_no_secret_is_committed():
-    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
     used = set(re.findall(r"\$\{([A-Z_]+)", text))
     example = dict(
-        line.split("=", 1) for line in (PROJECT_ROOT / ".env.example").read_text().splitlines()
+        line.split("=", 1) for line in (REPO_ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
     assert used <= set(example), used - set(example)
     assert all(("change-me" in v) for k, v in example.items() if "PASSWORD" in k or "SECRET" in k)
-    assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().split()
+    assert ".env" in (REPO_ROOT / ".gitignore").read_text().split()
 
 
 def test_the_chroma_server_is_the_index_the_dagster_services_use():

@@ -8,7 +8,7 @@ from pydantic import Field
 from clipfood_assets.deployment import platform_base_model
 from clipfood_assets.lake import Lake, LakeError, LocalLake, lake_from_settings, minio_lake
 from clipfood_assets.modeling.config import load_experiment_config
-from clipfood_assets.paths import AUGMENTATION_CONFIG, EXPERIMENT_CONFIG, resolve_project_path
+from clipfood_assets.paths import AUGMENTATION_CONFIG, EXPERIMENT_CONFIG, resolve_user_path
 from clipfood_assets.settings import ACCESS_KEY_ENVS, SECRET_KEY_ENVS, ClipfoodSettings, variable_in_use
 
 
@@ -118,10 +118,10 @@ class ExperimentSettings(dg.ConfigurableResource):
     )
 
     def experiment_config_path(self) -> Path:
-        return resolve_project_path(self.experiment_config)
+        return resolve_user_path(self.experiment_config)
 
     def augmentation_config_path(self) -> Path:
-        return resolve_project_path(self.augmentation_config)
+        return resolve_user_path(self.augmentation_config)
 
     def resolve_base_model(self) -> str:
         """M0 and M1 share this one base model; a local folder is made absolute."""

@@ -10,6 +10,9 @@ FINE_TUNING_ZONE = "fine-tuning-zone"
 # trusted-zone
 RECIPES_KEY = "documents/recipes.jsonl"
 TRUSTED_IMAGES_PREFIX = "images/"
+# The trusted-zone version each data-zone artifact was built from (one small JSON per artifact): the
+# lake, not a Dagster instance, says whether the data zone is up to date.
+BUILT_FROM_PREFIX = "manifests/built_from/"
 
 # fine-tuning-zone
 TRAIN_PAIRS_KEY = "datasets/train_pairs_positive.csv"

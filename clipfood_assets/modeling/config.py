@@ -26,7 +26,6 @@ from pydantic import (
 
 from clipfood_assets.yaml_files import read_yaml_mapping
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "experiment_config.yaml"
 
 LossKind = Literal["clip", "clip_hard_negatives", "siglip"]
 # Micro-batch of batch_size auto off CUDA: the original notebooks', which a CPU or small GPU holds.

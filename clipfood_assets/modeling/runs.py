@@ -9,8 +9,9 @@ from typing import Any
 import yaml
 
 from clipfood_assets.lake.base import Lake, ObjectNotFound
-from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key
-from clipfood_assets.paths import resolve_project_path
+from clipfood_assets.lake.artifacts import manifest_key
+from clipfood_assets.lake.layout import FINE_TUNING_ZONE, LORA_PREFIX, RUN_KEY_PATTERN, run_config_key
+from clipfood_assets.paths import resolve_user_path
 from clipfood_assets.modeling.config import ExperimentConfig, deep_merge, load_experiment_config
 from clipfood_assets.yaml_files import yaml_mapping
 
@@ -22,6 +23,21 @@ def read_run_overrides(lake: Lake, run_key: str) -> dict[str, Any]:
     except ObjectNotFound:
         return {}
     return yaml_mapping(raw, lake.uri(FINE_TUNING_ZONE, run_config_key(run_key)), "a run config must be a mapping")
+
+
+def runs_in_lake(lake: Lake, *, evaluated: bool = False) -> list[str]:
+    """The run keys the lake holds a folder for (``experiments/lora/run_<key>/``), sorted; with
+    ``evaluated``, only those whose M1 results were written (their manifest exists; readers still
+    check the artifact is complete). The lake is the truth: an instance's partitions follow it.
+    Streams the listing (one pass, constant memory besides the keys)."""
+    results_manifest = manifest_key("", "lora_results")
+    keys = set()
+    for obj in lake.list(FINE_TUNING_ZONE, LORA_PREFIX):
+        folder, _, name = obj.key[len(LORA_PREFIX):].partition("/")
+        key = folder[len("run_"):]
+        if folder.startswith("run_") and RUN_KEY_PATTERN.match(key) and (not evaluated or name == results_manifest):
+            keys.add(key)
+    return sorted(keys)
 
 
 def register_run(
@@ -59,7 +75,7 @@ def resolve_run_config(
 
 def _same_model(a: str, b: str) -> bool:
     """The same hub id, or two spellings of one local folder."""
-    return a == b or resolve_project_path(a).resolve() == resolve_project_path(b).resolve()
+    return a == b or resolve_user_path(a).resolve() == resolve_user_path(b).resolve()
 
 
 def parse_launch_overrides(text: str) -> dict[str, Any]:

@@ -76,10 +76,10 @@ def test_dagster_validates_the_workspace():
     import subprocess
     import sys
 
-    from clipfood_assets.paths import PROJECT_ROOT
+    from clipfood_assets_tests import REPO_ROOT
 
     out = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(REPO_ROOT / "workspace.yaml")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr

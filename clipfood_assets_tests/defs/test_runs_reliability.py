@@ -15,7 +15,7 @@ from clipfood_assets.cli import materialize, write_synthetic_zone
 from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.artifacts import read_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_checkpoints_prefix, run_prefix
-from clipfood_assets.paths import PROJECT_ROOT
+from clipfood_assets_tests import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def _launch(platform, run_key, overrides):
     return subprocess.Popen(
         [sys.executable, "-m", "clipfood_assets.cli", "materialize", "--run", run_key, "--config", str(path),
          "--base-model", platform["base"]],
-        cwd=PROJECT_ROOT, env=platform["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT, env=platform["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 

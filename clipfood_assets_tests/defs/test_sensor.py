@@ -77,11 +77,12 @@ def _zone(lake, title="Tomato Soup"):
     lake.put_bytes(TRUSTED_ZONE, RECIPES_KEY, json.dumps({"id": "aaaaaaaaaa", "title_text_raw": title}).encode())
 
 
-def _record_built(instance, version: str):
-    """What a successful refresh leaves: the data zone and the baseline, built from `version`."""
-    for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results"):
-        metadata = {"trusted zone version": version} if name == "test_pairs_positive" else {}
-        instance.report_runless_asset_event(dg.AssetMaterialization(name, metadata=metadata))
+def _record_built(lake, version: str, artifacts=None):
+    """What a successful refresh leaves in the lake: the data zone and the baseline, built from `version`."""
+    from clipfood_assets.lake.provenance import REFRESHED_ARTIFACTS, record_built_from
+
+    for name in artifacts or REFRESHED_ARTIFACTS:
+        record_built_from(lake, name, version)
 
 
 def _refresh_run(instance, request, status):
@@ -96,8 +97,9 @@ def test_first_tick_after_a_build_launches_nothing_and_records_observations(s3_e
     from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
 
     _zone(s3_env)
+    # A new instance (no materializations at all) over a lake that is built: the lake is the truth.
     instance = dg.DagsterInstance.ephemeral()
-    _record_built(instance, fingerprint_trusted_zone(s3_env).version)
+    _record_built(s3_env, fingerprint_trusted_zone(s3_env).version)
     context = dg.build_sensor_context(cursor=None, instance=instance, resources={"lake": LakeResource()})
     result = trusted_zone_sensor(context)
     cursor = context.cursor
@@ -169,3 +171,19 @@ def test_a_refresh_refused_on_purpose_is_not_retried(s3_env, monkeypatch):
     assert not result.success
     refused, _ = _tick(cursor, instance)
     assert "refused, not retried" in refused and "no test pairs" in refused
+
+
+def test_a_refresh_that_stopped_half_way_is_not_taken_for_a_built_zone(s3_env):
+    from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+
+    _zone(s3_env)
+    old = fingerprint_trusted_zone(s3_env).version
+    _record_built(s3_env, old)
+    _zone(s3_env, title="Pea Soup")  # the zone changes; the refresh rewrites the pairs, then dies
+    _record_built(s3_env, fingerprint_trusted_zone(s3_env).version, artifacts=["positive_pairs"])
+    request, _ = _tick(None)
+    assert isinstance(request, dg.RunRequest)
+    # A damaged record counts as never built, never as built.
+    s3_env.put_bytes("fine-tuning-zone", "manifests/built_from/baseline_results.json", b"{not json")
+    request, _ = _tick(None)
+    assert isinstance(request, dg.RunRequest)

@@ -6,7 +6,8 @@ import yaml
 from clipfood_assets.defs.model_zone.sweeps import SWEEP_TAG, sweep_sensor
 from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
 from clipfood_assets.lake import LocalLake
-from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key, sweep_key
+from clipfood_assets.lake.artifacts import Bundle, write_bundle
+from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_config_key, run_prefix, sweep_key
 from clipfood_assets.modeling.runs import read_run_overrides
 
 
@@ -36,11 +37,37 @@ def test_a_submitted_sweep_launches_each_point_once(tmp_path):
 
     # Edited: points trained with the same overrides are not run again; new or changed ones are.
     instance.add_dynamic_partitions("experiment_runs", keys)
-    instance.report_runless_asset_event(dg.AssetMaterialization("lora_adapters", partition="rk-r4"))
+    _evaluated(lake, "rk-r4")
     spec["grid"]["lora.r"] = [4, 32]
     lake.put_bytes(FINE_TUNING_ZONE, sweep_key("rk"), yaml.safe_dump(spec).encode())
     edited, cursor = _tick(tmp_path, instance, cursor)
     assert [r.partition_key for r in edited.run_requests] == ["rk-r32"]
+
+
+def _evaluated(lake, run_key):
+    """What lora_results leaves in the lake for a run."""
+    write_bundle(lake, FINE_TUNING_ZONE, run_prefix(run_key), "lora_results", Bundle({"results_lora.json": {}}))
+
+
+def test_a_point_whose_partition_was_deleted_in_the_ui_comes_back_when_the_sweep_is_resubmitted(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    instance = dg.DagsterInstance.ephemeral()
+    spec = {"name": "rk", "base": {"training": {"epochs": 2}}, "grid": {"lora.r": [4, 8]}}
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("rk"), yaml.safe_dump(spec).encode())
+    first, cursor = _tick(tmp_path, instance)
+    instance.add_dynamic_partitions("experiment_runs", [r.partition_key for r in first.run_requests])
+    _evaluated(lake, "rk-r4")  # rk-r4 trained and evaluated; rk-r8 never ran
+    # Materializations outlive a deleted partition: they must not make the sensor think a point is done.
+    instance.report_runless_asset_event(dg.AssetMaterialization("lora_adapters", partition="rk-r8"))
+    for key in ("rk-r4", "rk-r8"):
+        instance.delete_dynamic_partition("experiment_runs", key)
+
+    spec["name"] = "rk"  # resubmitted as it was: a new object (new ETag) with the same points
+    lake.put_bytes(FINE_TUNING_ZONE, sweep_key("rk"), yaml.safe_dump(spec).encode() + b"\n")
+    again, cursor = _tick(tmp_path, instance, cursor)
+    assert [r.partition_key for r in again.run_requests] == ["rk-r8"]  # never evaluated: trained again
+    # Both partitions are back: rk-r4's results are in the lake and the UI shows them again.
+    assert set(again.dynamic_partitions_requests[0].partition_keys) == {"rk-r4", "rk-r8"}
 
 
 def test_a_bad_sweep_file_is_refused_with_its_reason_and_registers_nothing(tmp_path):

@@ -22,7 +22,7 @@ import yaml
 
 from clipfood_assets_tests.integration.dagster_client import Dagster, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+from clipfood_assets_tests import REPO_ROOT as REPO
 INSTANCE_FILE = REPO / "docker" / "dagster.yaml"
 WORKSPACE_FILE = REPO / "docker" / "workspace.yaml"
 BIN = Path(sys.executable).parent

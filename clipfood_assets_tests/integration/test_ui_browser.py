@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from clipfood_assets.cli import process_group_alive
-from clipfood_assets.paths import PROJECT_ROOT
+from clipfood_assets_tests import REPO_ROOT
 from clipfood_assets_tests.integration.dagster_client import REPOSITORY, Dagster, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,7 +59,7 @@ query Mats($key: AssetKeyInput!, $partitions: [String!]) {
 
 
 def _cli(env: dict, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "clipfood_assets.cli", *args], env=env, cwd=PROJECT_ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "clipfood_assets.cli", *args], env=env, cwd=REPO_ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
 
@@ -76,7 +76,7 @@ def clipfood_dev(tmp_path_factory):
     log_path = home / "dev.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "clipfood_assets.cli", "dev", "--port", str(port)], env=env,
-                            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = Dagster(f"http://127.0.0.1:{port}")
     try:
         client.wait_until_loaded(proc, log_path)
@@ -152,7 +152,7 @@ def _figures_in_markdown(page, label: str) -> list[tuple[str, int]]:
 def _shoot(page, name: str) -> None:
     folder = os.environ.get("CLIPFOOD_SCREENSHOT_DIR")
     if folder:
-        target = Path(folder) if Path(folder).is_absolute() else PROJECT_ROOT / folder
+        target = Path(folder) if Path(folder).is_absolute() else REPO_ROOT / folder
         target.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(target / name))
 

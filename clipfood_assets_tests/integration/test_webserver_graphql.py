@@ -9,7 +9,7 @@ import time
 import pytest
 
 from clipfood_assets.cli import write_synthetic_zone
-from clipfood_assets.paths import PROJECT_ROOT
+from clipfood_assets_tests import REPO_ROOT
 from clipfood_assets_tests.integration.dagster_client import LOCATION, Dagster, free_port
 
 
@@ -23,9 +23,9 @@ def dagster_dev(s3_server, s3_lake, tmp_path):
     log = open(tmp_path / "dagster.log", "wb")
     # Its own session, so the whole process group (webserver, daemon, code server) is stopped by pid.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+        [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
          "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     client = Dagster(f"http://127.0.0.1:{port}")
     try:

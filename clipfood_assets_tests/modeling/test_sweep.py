@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from clipfood_assets.modeling.sweep import MAX_POINTS, load_sweep, point_run_key
-from clipfood_assets.paths import EXPERIMENT_CONFIG, PROJECT_ROOT
+from clipfood_assets.paths import CONFIGS_DIR, EXPERIMENT_CONFIG
 
 BASE_MODEL = "/models/base"
 
@@ -31,7 +31,7 @@ def test_a_list_of_runs_and_the_shipped_demo_sweep(tmp_path):
     sweep = load_sweep(_write(tmp_path, {"runs": [{"lora.r": 4}, {"lora.r": 16, "lora.lora_alpha": 32}]}, "mine.yaml"),
                        EXPERIMENT_CONFIG, BASE_MODEL)
     assert sweep.name == "mine" and sweep.run_keys == ["mine-r4", "mine-lora_alpha32-r16"]
-    demo = load_sweep(PROJECT_ROOT / "configs" / "sweeps" / "demo_rank_lr.yaml", EXPERIMENT_CONFIG, BASE_MODEL)
+    demo = load_sweep(CONFIGS_DIR / "sweeps" / "demo_rank_lr.yaml", EXPERIMENT_CONFIG, BASE_MODEL)
     assert len(demo.points) == 3
 
 

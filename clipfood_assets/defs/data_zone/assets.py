@@ -18,6 +18,7 @@ from clipfood_assets.defs.io_manager import zone_object
 from clipfood_assets.defs.meta import counts, preview
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+from clipfood_assets.lake.provenance import built_from, record_built_from
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
     AUGMENTED_PAIRS_KEY,
@@ -159,6 +160,8 @@ def positive_pairs(
             "preview": preview(result.quarantine, 10),
         },
     )
+    # Every output is stored by now: the lake records which trusted zone the pairs come from.
+    record_built_from(zone_lake, "positive_pairs", trusted_version)
 
 
 @dg.asset(
@@ -212,6 +215,7 @@ def augmented_training_pairs(
     import os
 
     zone_lake = lake.get_lake()
+    trusted_version = built_from(zone_lake, "positive_pairs")  # of the training pairs given
     cfg = load_augmentation_config(settings.augmentation_config_path())
     pairs = augment_training_pairs(
         zone_lake, train_pairs_positive, cfg, workers=os.cpu_count() or 1,
@@ -232,3 +236,5 @@ def augmented_training_pairs(
     # that the previous CSV named, and the new one does not, removed.
     removed = remove_stale_augmented_images(zone_lake, set(pairs["image_key"]))
     context.log.info(f"removed {removed} augmented images no longer named by the pairs")
+    if trusted_version is not None:
+        record_built_from(zone_lake, "augmented_training_pairs", trusted_version)

@@ -15,6 +15,7 @@ from clipfood_assets.defs.model_zone.image_store import opened_images
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.artifacts import Bundle, StoredBundle
+from clipfood_assets.lake.provenance import built_from, record_built_from
 from clipfood_assets.lake.layout import BASELINE_PREFIX, FINE_TUNING_ZONE, LORA_PREFIX, run_checkpoints_prefix
 from clipfood_assets.modeling.config import ExperimentConfig, load_experiment_config
 
@@ -56,23 +57,27 @@ def baseline_results(
     compute: ComputeResource,
     settings: ExperimentSettings,
     test_pairs_positive: pd.DataFrame,
-) -> dg.Output[Bundle]:
+):
     from clipfood_assets.modeling.clip import load_clip
     from clipfood_assets.modeling.evaluate import evaluate_retrieval
 
     cfg = load_experiment_config(settings.experiment_config_path())
     base_model = settings.resolve_base_model()
     device = compute.torch_device()
+    zone_lake = lake.get_lake()
+    trusted_version = built_from(zone_lake, "positive_pairs")  # of the test pairs read below
     model, processor = load_clip(base_model, device)
-    with opened_images(context, lake.get_lake(), processor, test_pairs_positive["image_key"]) as images:
+    with opened_images(context, zone_lake, processor, test_pairs_positive["image_key"]) as images:
         results, examples = evaluate_retrieval(
             model, processor, test_pairs_positive, images, cfg=_eval_config(cfg, compute), device=device, label="M0",
         )
     results["base_model"] = base_model
-    return dg.Output(
+    yield dg.Output(
         Bundle({"results_baseline.json": results, "examples_top5.json": examples}),
         metadata={**_headline(results), "base model": base_model},
     )
+    if trusted_version is not None:  # stored by now: the lake can say M0 is up to date
+        record_built_from(zone_lake, "baseline_results", trusted_version)
 
 
 class LoraRunConfig(dg.Config):

@@ -12,7 +12,7 @@ from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
 from clipfood_assets.lake.base import Lake
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, SWEEPS_PREFIX
-from clipfood_assets.modeling.runs import read_run_overrides, register_run
+from clipfood_assets.modeling.runs import read_run_overrides, register_run, runs_in_lake
 from clipfood_assets.modeling.sweep import Sweep, load_sweep
 
 SWEEP_TAG = "clipfood/sweep"
@@ -45,11 +45,10 @@ def stored_sweeps(zone_lake: Lake, settings: ExperimentSettings, log=None) -> di
     return sweeps
 
 
-def _already_trained(instance: dg.DagsterInstance, zone_lake: Lake, point) -> bool:
-    """The point's run is trained with exactly these overrides."""
-    trained = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("lora_adapters"), asset_partitions=[point.run_key]), limit=1)
-    return bool(trained.records) and read_run_overrides(zone_lake, point.run_key) == point.overrides
+def _already_trained(zone_lake: Lake, evaluated: set[str], point) -> bool:
+    """The point's run is in the lake, evaluated, with exactly these overrides. Asked of the lake, not of
+    the instance's materializations, which outlive a partition deleted in the UI."""
+    return point.run_key in evaluated and read_run_overrides(zone_lake, point.run_key) == point.overrides
 
 
 @dg.sensor(
@@ -69,6 +68,8 @@ def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settin
     if not changed:
         return dg.SkipReason("no new or changed sweep file")
     requests, partitions, problems = [], [], []
+    known = set(context.instance.get_dynamic_partitions(experiment_runs.name))
+    evaluated = set(runs_in_lake(zone_lake, evaluated=True))
     for key in changed:
         try:
             sweep = read_sweep(zone_lake, key, settings)
@@ -76,8 +77,12 @@ def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settin
             problems.append(str(exc))
             continue
         for point in sweep.points:
-            if _already_trained(context.instance, zone_lake, point):
-                continue  # e.g. the sweep ran from the CLI, or an unchanged point of an edited file
+            if _already_trained(zone_lake, evaluated, point):
+                # e.g. the sweep ran from the CLI, or an unchanged point of an edited file; a partition
+                # deleted in the UI comes back, so the UI shows what the lake holds.
+                if point.run_key not in known:
+                    partitions.append(point.run_key)
+                continue
             register_run(zone_lake, point.run_key, settings.experiment_config_path(), point.overrides,
                          settings.resolve_base_model())
             partitions.append(point.run_key)
@@ -89,10 +94,11 @@ def sweep_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settin
     context.update_cursor(json.dumps(files, sort_keys=True))
     for problem in problems:
         context.log.error(f"sweep refused: {problem}")
+    added = [experiment_runs.build_add_request(list(dict.fromkeys(partitions)))] if partitions else []
     if not requests:
-        return dg.SkipReason("; ".join(problems)[:1000] or "every point of the changed sweep(s) is trained already")
-    return dg.SensorResult(run_requests=requests,
-                           dynamic_partitions_requests=[experiment_runs.build_add_request(partitions)])
+        reason = "; ".join(problems)[:1000] or "every point of the changed sweep(s) is trained already"
+        return dg.SensorResult(skip_reason=reason, dynamic_partitions_requests=added) if added else dg.SkipReason(reason)
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=added)
 
 
 class SweepSubmission(dg.Config):

@@ -5,11 +5,11 @@ import dagster as dg
 
 from clipfood_assets.defs.io_manager import zone_artifact
 from clipfood_assets.defs.meta import rounded
-from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.model_zone.sweeps import stored_sweeps
 from clipfood_assets.defs.resources import ExperimentSettings, LakeResource
 from clipfood_assets.lake.artifacts import Bundle, IncompleteArtifact, StoredBundle, read_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, REPORT_PREFIX, run_prefix
+from clipfood_assets.modeling.runs import runs_in_lake
 
 
 # Eager, except that a run that is missing (added, not trained yet, or failed) does not hold the
@@ -40,7 +40,8 @@ def comparison_report(
 
     zone_lake = lake.get_lake()
     runs = {}
-    for run_key in sorted(context.instance.get_dynamic_partitions(experiment_runs.name)):
+    # Every run the lake holds, whatever this instance knows of (a new instance over an old lake).
+    for run_key in runs_in_lake(zone_lake, evaluated=True):
         try:
             adapters = read_bundle(zone_lake, FINE_TUNING_ZONE, run_prefix(run_key), "lora_adapters")
             results = read_bundle(zone_lake, FINE_TUNING_ZONE, run_prefix(run_key), "lora_results")

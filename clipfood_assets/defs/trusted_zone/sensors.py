@@ -12,6 +12,7 @@ from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.defs.trusted_zone.assets import zone_versions
 from clipfood_assets.lake.base import Lake
 from clipfood_assets.lake.fingerprint import ZoneFingerprint, fingerprint_trusted_zone
+from clipfood_assets.lake.provenance import zone_built_from
 
 VERSION_TAG = "clipfood/trusted_zone_version"
 ATTEMPT_TAG = "clipfood/attempt"
@@ -46,19 +47,6 @@ def record_observations(instance: dg.DagsterInstance, zone_lake: Lake) -> ZoneFi
     for event in observations(zone_lake, fingerprint):
         instance.report_runless_asset_event(event)
     return fingerprint
-
-
-def built_from(instance: dg.DagsterInstance) -> str | None:
-    """The trusted-zone version the data zone and the baseline were last built from, if complete."""
-    events = {name: instance.get_latest_materialization_event(dg.AssetKey(name))
-              for name in ("test_pairs_positive", "augmented_training_pairs", "baseline_results")}
-    if not all(events.values()):
-        return None
-    pairs = events["test_pairs_positive"]
-    if any(e.timestamp < pairs.timestamp for e in events.values()):
-        return None  # a refresh that stopped half-way
-    recorded = pairs.asset_materialization.metadata.get("trusted zone version")
-    return None if recorded is None else str(recorded.value)
 
 
 def _attempts(instance: dg.DagsterInstance, version: str, since: float) -> list:
@@ -105,7 +93,8 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
 
     if fingerprint.recipes_etag is None:
         return skip("trusted zone has no recipes.jsonl yet")
-    if built_from(context.instance) == fingerprint.version:
+    # Asked of the lake, not the instance: a new instance over a built lake launches nothing.
+    if zone_built_from(zone_lake) == fingerprint.version:
         return skip("data zone and baseline are built from this trusted zone (version "
                     f"{fingerprint.version}); nothing to do")
     attempts = _attempts(context.instance, fingerprint.version, since)
