@@ -451,12 +451,16 @@ def cmd_search(args) -> None:
     except IndexUnavailable as exc:
         raise CliError(f"{exc} (or search one run's model over its pairs with --run KEY)") from None
     print(f"from {index.location.describe()}, made by the {searcher.model_info.describe()}", file=sys.stderr)
-    if args.image:
-        for i, hit in enumerate(searcher.titles_for_image(Path(args.image).read_bytes(), k=args.k), 1):
-            print(f"{i}. {hit.score:.3f}  {hit.title}  (recipe {hit.recipe_id})")
-    else:
-        for i, hit in enumerate(searcher.images_for_text(args.query, k=args.k), 1):
-            print(f"{i}. {hit.score:.3f}  {hit.object_key}  {hit.title}")
+    try:
+        if args.image:
+            hits = searcher.titles_for_image(Path(args.image).read_bytes(), k=args.k)
+        else:
+            hits = searcher.images_for_text(args.query, k=args.k)
+    except IndexUnavailable as exc:  # the server stopped answering, or the index went away meanwhile
+        raise CliError(str(exc)) from None
+    for i, hit in enumerate(hits, 1):
+        print(f"{i}. {hit.score:.3f}  {hit.title}  (recipe {hit.recipe_id})" if args.image
+              else f"{i}. {hit.score:.3f}  {hit.object_key}  {hit.title}")
 
 
 # --- promote -------------------------------------------------------------------------------------

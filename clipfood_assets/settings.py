@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 HOME_ENV = "CLIPFOOD_HOME"
@@ -22,6 +23,7 @@ CACHE_DIR_ENV = "CLIPFOOD_CACHE_DIR"
 THREADS_ENV = "CLIPFOOD_TORCH_THREADS"
 CHROMA_URL_ENV = "CLIPFOOD_CHROMA_URL"
 CHROMA_DIR_ENV = "CLIPFOOD_CHROMA_DIR"
+CHROMA_TIMEOUT_ENV = "CLIPFOOD_CHROMA_TIMEOUT"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 MINIO_ENDPOINT_ENV = "MINIO_ENDPOINT"
 # The original notebooks' MINIO_USER / MINIO_PASSWORD are accepted after the standard names.
@@ -84,6 +86,11 @@ class ClipfoodSettings(BaseSettings):
     chroma_url: str | None = Field(
         default=None, validation_alias=CHROMA_URL_ENV, description="An HTTP Chroma server for the exploitation index."
     )
+    chroma_timeout_s: float = Field(
+        default=30.0, validation_alias=CHROMA_TIMEOUT_ENV,
+        description="Seconds the Chroma server may take to answer any request (connecting: at most 5 of them) "
+        "before the index is reported unavailable; not a positive number: the default, 30.",
+    )
     chroma_dir: Path = Field(
         default_factory=lambda data: data["home"] / "chroma", validation_alias=CHROMA_DIR_ENV,
         description="Folder of the embedded Chroma index (when no CLIPFOOD_CHROMA_URL); default `<home>/chroma`.",
@@ -109,6 +116,17 @@ class ClipfoodSettings(BaseSettings):
     @classmethod
     def _threads(cls, value):
         return _positive_int(value)
+
+    @field_validator("chroma_timeout_s", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise PydanticUseDefault() from None
+        if not 0 < seconds < float("inf"):
+            raise PydanticUseDefault()
+        return seconds
 
     @field_validator("minio_secure", mode="before")
     @classmethod
