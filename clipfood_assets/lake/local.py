@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import shutil
 import stat
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,12 +28,72 @@ from clipfood_assets.lake.base import (
 
 _TMP_PREFIX = ".clipfood-tmp-"
 
+# md5 digests of files by their identity on disk, shared by every LocalLake of the process:
+# (st_dev << 64 | st_ino) -> packed (size, mtime_ns, ctime_ns) + 16-byte digest. ctime is the part that
+# catches a rewrite keeping size and mtime (cp -p, rsync -t, tar -x): only the kernel sets it, on any
+# write, rename or utime. Packed bytes keep an entry near 150 bytes (15 MB for 100,000 files).
+_DIGESTS: dict[int, bytes] = {}
+_STAMP = struct.Struct("<qqq")
+_MAX_DIGESTS = 500_000  # then start over: memory stays bounded in a long-lived process with churn
+# A file changed this recently may be changed again within one timestamp tick without its stamp
+# moving (coarse clocks, NFS): its digest is returned but not remembered.
+_RACY_S = 2.0
+
+
+def _stamp(st: os.stat_result) -> bytes:
+    return _STAMP.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _remember(st: os.stat_result, digest: bytes) -> None:
+    if len(_DIGESTS) >= _MAX_DIGESTS:
+        _DIGESTS.clear()
+    _DIGESTS[st.st_dev << 64 | st.st_ino] = _stamp(st) + digest
+
+
+def _md5():
+    return hashlib.md5(usedforsecurity=False)  # an identity, as S3's ETag, not a security check
+
+
+def _content_etag(path: Path | str, st: os.stat_result) -> tuple[str, os.stat_result]:
+    """md5 hex of the file's bytes and the stat it belongs to; read only when the file's stamp moved.
+
+    A file written to all along gets the digest of its last read, not remembered. Raises
+    FileNotFoundError when the file is gone.
+    """
+    known = _DIGESTS.get(st.st_dev << 64 | st.st_ino)
+    if known is not None and known[: _STAMP.size] == _stamp(st):
+        return known[_STAMP.size :].hex(), st
+    for _ in range(3):
+        with open(path, "rb") as stream:
+            before = os.fstat(stream.fileno())
+            digest = hashlib.file_digest(stream, _md5).digest()
+            after = os.fstat(stream.fileno())
+        if _stamp(before) == _stamp(after):
+            if time.time() - after.st_ctime > _RACY_S:
+                _remember(after, digest)
+            break
+        # Written to while we read it: the digest may mix two versions, read it again.
+    return digest.hex(), after
+
+
+def _copy_hashing(src: Path, dst: Path, chunk_size: int = 1 << 20) -> bytes:
+    """Copy src to dst (a new file) chunk by chunk; returns the md5 digest of the bytes copied."""
+    digest = _md5()
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        while chunk := fin.read(chunk_size):
+            digest.update(chunk)
+            fout.write(chunk)
+    return digest.digest()
+
 
 class LocalLake(Lake):
     """Same semantics as the S3 backend; writes are atomic (temp file + rename).
 
-    The ETag is derived from size and modification time, which a copy preserves,
-    so "unchanged since the last copy" is answered from a listing alone.
+    The ETag is the md5 hex of the object's bytes (what S3 gives a single-part upload), so it changes
+    whenever the bytes do, even when size and modification time are kept, and a copy of the same
+    bytes has the same ETag: "unchanged since the last copy" is answered from a listing alone. Digests
+    are remembered per file by inode, size, mtime and ctime: a listing of an unchanged zone reads
+    no file; the first one in a process reads every file it did not write itself.
     """
 
     def __init__(self, root: Path | str, stale_temp_s: float = 3600.0):
@@ -60,11 +121,12 @@ class LocalLake(Lake):
         return path
 
     def _info(self, bucket: str, key: str, path: Path) -> ObjectInfo:
-        st = path.stat()
-        return ObjectInfo(bucket, key, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
+        etag, st = _content_etag(path, path.stat())
+        return ObjectInfo(bucket, key, st.st_size, etag, st.st_mtime)
 
-    def _write_atomically(self, bucket: str, key: str, path: Path, write) -> None:
-        """``write(tmp)`` fills a temp file beside ``path``, then one rename publishes it.
+    def _write_atomically(self, bucket: str, key: str, path: Path, write) -> ObjectInfo:
+        """``write(tmp)`` fills a temp file beside ``path`` and returns the md5 digest of what it wrote,
+        then one rename publishes it; returns the new object's info.
 
         On every failure (disk full, file-size limit, interrupt) the temp file is removed: a hidden file
         would keep its space and no listing or delete would ever see it. OSErrors become a LakeError
@@ -75,28 +137,40 @@ class LocalLake(Lake):
             for attempt in range(3):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    write(tmp)
+                    digest = write(tmp)
                     break
                 except FileNotFoundError:
                     # A parallel delete removed the (then empty) folder between mkdir and write.
                     if attempt == 2 or path.parent.exists():
                         raise
+            written = os.stat(tmp)
             os.replace(tmp, path)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise LakeError(f"cannot write {self.uri(bucket, key)}: {os_error_reason(exc)} ({exc})") from exc
             raise
+        # The digest of our own bytes is remembered, unless another writer's file already took the path.
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+                written.st_dev, written.st_ino, written.st_size, written.st_mtime_ns):
+            _remember(now, digest)
+        return ObjectInfo(bucket, key, written.st_size, digest.hex(), written.st_mtime)
 
     def put_bytes(self, bucket, key, data, content_type=None):
-        path = self._path(bucket, key)
-        self._write_atomically(bucket, key, path, lambda tmp: tmp.write_bytes(bytes(data)))
-        return self._info(bucket, key, path)
+        data = bytes(data)
+
+        def write(tmp: Path) -> bytes:
+            tmp.write_bytes(data)
+            return hashlib.md5(data, usedforsecurity=False).digest()
+
+        return self._write_atomically(bucket, key, self._path(bucket, key), write)
 
     def put_file(self, bucket, key, path, content_type=None):
-        dst = self._path(bucket, key)
-        self._write_atomically(bucket, key, dst, lambda tmp: shutil.copyfile(path, tmp))
-        return self._info(bucket, key, dst)
+        return self._write_atomically(bucket, key, self._path(bucket, key), lambda tmp: _copy_hashing(path, tmp))
 
     @contextmanager
     def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
@@ -110,9 +184,12 @@ class LocalLake(Lake):
 
     def stat(self, bucket, key):
         path = self._path(bucket, key)
-        if not path.is_file():
-            raise ObjectNotFound(f"no object {self.uri(bucket, key)}")
-        return self._info(bucket, key, path)
+        try:
+            if path.is_file():
+                return self._info(bucket, key, path)
+        except FileNotFoundError:
+            pass  # deleted since is_file()
+        raise ObjectNotFound(f"no object {self.uri(bucket, key)}")
 
     def list(self, bucket, prefix=""):
         validate_bucket(bucket)
@@ -125,35 +202,35 @@ class LocalLake(Lake):
         start = base / head if head else base
         if not start.is_dir():
             return
-        yield from self._walk(bucket, base, start, prefix)
+        yield from self._walk(str(start), head + "/" if head else "", bucket, prefix)
 
-    def _walk(self, bucket: str, base: Path, directory: Path, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: str, folder_key: str, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under prefix in ``directory``, whose keys start with ``folder_key`` ("" or "a/b/")."""
         try:
-            names = os.listdir(directory)
+            # Sort names as S3 sorts keys (a folder "a" as "a/"); names only, so a flat folder of
+            # 100,000 images costs little memory. The entry's type comes with it: no stat per name.
+            with os.scandir(directory) as entries:
+                names = sorted(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name
+                               for e in entries if not e.name.startswith(_TMP_PREFIX))
         except FileNotFoundError:
             return
-        # Sort names as S3 sorts keys (a folder "a" as "a/"); names only, so a flat folder of
-        # 100,000 images costs little memory.
-        kinds = {}
         for name in names:
-            if not name.startswith(_TMP_PREFIX):
-                path = directory / name
-                kinds[name + "/" if path.is_dir() and not path.is_symlink() else name] = path
-        for sort_name in sorted(kinds):
-            path = kinds[sort_name]
-            rel = path.relative_to(base).as_posix()
-            if sort_name.endswith("/"):
-                if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
-                    yield from self._walk(bucket, base, path, prefix)
+            key = folder_key + name
+            if name.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(os.path.join(directory, name[:-1]), key, bucket, prefix)
                 continue
-            if not rel.startswith(prefix):
+            if not key.startswith(prefix):
                 continue
+            path = os.path.join(directory, name)
             try:
                 st = os.stat(path, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks are not objects
+                etag, st = _content_etag(path, st)
             except FileNotFoundError:
                 continue  # deleted while listing
-            if stat.S_ISREG(st.st_mode):
-                yield ObjectInfo(bucket, rel, st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime)
+            yield ObjectInfo(bucket, key, st.st_size, etag, st.st_mtime)
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key):
         src = self._path(src_bucket, src_key)
@@ -161,16 +238,16 @@ class LocalLake(Lake):
             raise ObjectNotFound(f"no object {self.uri(src_bucket, src_key)}")
         dst = self._path(dst_bucket, dst_key)
 
-        def write(tmp: Path) -> None:
+        def write(tmp: Path) -> bytes:
             try:
-                shutil.copy2(src, tmp)
+                return _copy_hashing(src, tmp)
             except FileNotFoundError as exc:
                 if exc.filename == str(src):  # deleted since the check above
                     raise ObjectNotFound(f"no object {self.uri(src_bucket, src_key)}") from None
                 raise
 
-        self._write_atomically(dst_bucket, dst_key, dst, write)
-        return self._info(dst_bucket, dst_key, dst).etag
+        # Read once, hashed while copied: the copy's ETag is that of the bytes it holds.
+        return self._write_atomically(dst_bucket, dst_key, dst, write).etag
 
     def delete(self, bucket, key):
         path = self._path(bucket, key)

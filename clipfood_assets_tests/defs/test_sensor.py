@@ -187,3 +187,29 @@ def test_a_refresh_that_stopped_half_way_is_not_taken_for_a_built_zone(s3_env):
     s3_env.put_bytes("fine-tuning-zone", "manifests/built_from/baseline_results.json", b"{not json")
     request, _ = _tick(None)
     assert isinstance(request, dg.RunRequest)
+
+
+def test_a_photo_replaced_with_the_same_size_and_mtime_is_a_change_on_the_local_lake(tmp_path, monkeypatch):
+    import os
+
+    from clipfood_assets.lake import LocalLake
+
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    monkeypatch.setenv("CLIPFOOD_LAKE_DIR", str(tmp_path / "lake"))
+    lake = LocalLake(tmp_path / "lake")
+    _zone(lake)
+    first, cursor = _tick(None)
+    assert isinstance(first, dg.RunRequest)
+    unchanged, cursor = _tick(cursor)
+    assert "unchanged" in unchanged
+
+    # Re-saved with another EXIF orientation: same size, and the mtime put back (cp -p, rsync -t, tar -x).
+    photo = lake.root / TRUSTED_ZONE / "images/soup__aaaaaaaaaa_0.jpg"
+    old = photo.stat()
+    photo.write_bytes(b"jpeg-6")
+    os.utime(photo, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    request, cursor = _tick(cursor)
+    assert isinstance(request, dg.RunRequest) and request.run_key != first.run_key
+    again, _ = _tick(cursor)
+    assert "unchanged" in again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import pytest
@@ -25,6 +26,20 @@ def test_overwrite_changes_etag(lake, bucket):
     second = lake.put_bytes(bucket, "k.txt", b"two!")
     assert lake.get_bytes(bucket, "k.txt") == b"two!"
     assert second.etag != first.etag
+
+
+def test_the_etag_is_the_md5_of_the_bytes_and_moves_only_with_them(lake, bucket, tmp_path):
+    # Same size, other bytes (a photo re-saved with another EXIF orientation): another identity.
+    first, second = b"\xff\xd8 orientation 1" * 64, b"\xff\xd8 orientation 6" * 64
+    put = lake.put_bytes(bucket, "images/a__r1_0.jpg", first)
+    assert put.etag == hashlib.md5(first).hexdigest()  # what S3 gives a single-part upload
+    changed = lake.put_bytes(bucket, "images/a__r1_0.jpg", second)
+    assert changed.etag == hashlib.md5(second).hexdigest() != put.etag
+    assert [(o.key, o.etag) for o in lake.list(bucket, "images/")] == [("images/a__r1_0.jpg", changed.etag)]
+    # The same bytes again, from a file: the same identity as before (nothing but the bytes counts).
+    (tmp_path / "a.jpg").write_bytes(first)
+    assert lake.put_file(bucket, "images/a__r1_0.jpg", tmp_path / "a.jpg").etag == put.etag
+    assert lake.stat(bucket, "images/a__r1_0.jpg").etag == put.etag
 
 
 def test_missing_object_and_bucket_raise_not_found(lake, bucket):
