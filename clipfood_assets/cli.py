@@ -394,7 +394,13 @@ def process_group_alive(pgid: int) -> bool:
 def cmd_dev(args) -> None:
     from clipfood_assets.deployment import platform_base_model
 
+    import dagster as dg
+
+    from clipfood_assets.defs.meta import GPU_POOL, GPU_POOL_LIMIT
+
     home = dagster_home()
+    with dg.DagsterInstance.get() as instance:  # as docker-compose.yml's daemon does before it starts
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
     workspace = home / "workspace.yaml"
     workspace.write_text(WORKSPACE_YAML.format(cwd=json.dumps(str(Path.cwd()))))
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]

@@ -101,10 +101,15 @@ def test_the_cpu_deployment_is_dagsters_reference_topology():
     for name in ("dagster-webserver", "dagster-daemon"):
         service = services[name]
         assert service["image"] == code["image"] and "build" not in service  # one image, built once
-        assert "/opt/dagster/workspace.yaml" in service["command"]
+        assert "/opt/dagster/workspace.yaml" in " ".join(service["command"])
         assert service["environment"]["DAGSTER_CODE_SERVER_HOST"] == "user-code"
         assert service["depends_on"]["user-code"]["condition"] == "service_healthy"
         assert "/var/run/docker.sock:/var/run/docker.sock" in [_volume(v) for v in service["volumes"]]
+    # The gpu pool's limit is on the instance before the daemon's queue first looks at it.
+    from clipfood_assets.defs.meta import GPU_POOL, GPU_POOL_LIMIT
+
+    assert f"dagster instance concurrency set {GPU_POOL} {GPU_POOL_LIMIT} && exec dagster-daemon run" in \
+        services["dagster-daemon"]["command"][-1]
     # Run containers: the code server's image, on the compose network, with the variables by name only.
     launcher = _instance("dagster.yaml")["run_launcher"]
     assert launcher["class"] == "DockerRunLauncher"

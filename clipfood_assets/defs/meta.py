@@ -58,6 +58,12 @@ def zone_definitions(*, assets, asset_checks=(), jobs=(), sensors=(), kinds: fro
 # Run tags read by the instance (docker/dagster.yaml): the run queue lets one data-zone writer run at
 # a time, and run monitoring fails a run that outlives its job's dagster/max_runtime (seconds).
 DATA_ZONE_WRITER_TAGS = {"clipfood/writes": "data_zone"}
+# Training's concurrency pool: one run at a time per deployment (granularity run, limit 1). The limit
+# is set on the instance before the daemon starts (docker-compose.yml, `clipfood dev`): a pool the
+# instance has never seen is not limited in the queue's first pass, so two runs queued together on a
+# fresh instance would both start.
+GPU_POOL = "gpu"
+GPU_POOL_LIMIT = 1
 
 
 def max_runtime(hours: float) -> dict[str, str]:

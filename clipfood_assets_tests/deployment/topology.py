@@ -22,6 +22,7 @@ import yaml
 
 from clipfood_assets_tests.integration.dagster_client import Dagster, free_port
 
+from clipfood_assets.defs.meta import GPU_POOL, GPU_POOL_LIMIT
 from clipfood_assets_tests import REPO_ROOT as REPO
 INSTANCE_FILE = REPO / "docker" / "dagster.yaml"
 WORKSPACE_FILE = REPO / "docker" / "workspace.yaml"
@@ -104,9 +105,29 @@ class Topology:
     def services(self) -> list[Service]:
         return [self.code_server, self.webserver, self.daemon]
 
+    def code_server_healthy(self) -> bool:
+        """What the compose healthcheck asks before the webserver and the daemon start."""
+        done = subprocess.run([str(BIN / "dagster"), "api", "grpc-health-check", "-p", self.env["DAGSTER_CODE_SERVER_PORT"]],
+                              env=self.env, capture_output=True, timeout=60)
+        return done.returncode == 0
+
+    def set_pool_limits(self) -> None:
+        """What docker-compose.yml's daemon command runs before the daemon itself."""
+        subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", GPU_POOL, str(GPU_POOL_LIMIT)],
+                       env=self.env, check=True, capture_output=True, timeout=120)
+
     def start(self, timeout_s: float = 240) -> None:
-        for service in self.services:
-            service.start()
+        self.code_server.start()
+        try:
+            wait_for("the code server", lambda: self.code_server.proc.poll() is not None or self.code_server_healthy(),
+                     timeout_s, 2)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{self.code_server.tail()}") from exc
+        if self.code_server.proc.poll() is not None:
+            raise RuntimeError(f"the code server exited\n{self.code_server.tail()}")
+        self.webserver.start()
+        self.set_pool_limits()
+        self.daemon.start()
         try:
             self.client.wait_until_loaded(self.webserver.proc, self.webserver.log_path, timeout_s)
         except Exception as exc:

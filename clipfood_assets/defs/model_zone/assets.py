@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 
 from clipfood_assets.defs.io_manager import zone_artifact
-from clipfood_assets.defs.meta import metric_values
+from clipfood_assets.defs.meta import GPU_POOL, metric_values
 from clipfood_assets.defs.model_zone.image_store import opened_images
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
@@ -92,7 +92,7 @@ class LoraRunConfig(dg.Config):
     group_name=GROUP,
     partitions_def=experiment_runs,
     deps=["fine_tuning_images", "preprocessed_images"],
-    pool="gpu",
+    pool=GPU_POOL,
     metadata=zone_artifact(RUN_PREFIX),
     description="M1 training for one experiment run: peft LoRA (or the configured peft.method) on both CLIP towers, "
     "contrastive loss over the whole effective batch with same-recipe masking and the labelled negatives, validation "

@@ -16,4 +16,7 @@ train_run_job = dg.define_asset_job(
     description="Train one experiment run's LoRA adapters and evaluate them (M1).",
     # A hung training (a stalled lake, a wedged GPU) fails instead of holding the gpu pool forever.
     tags=max_runtime(hours=48),
+    # One process per run: the run worker is the training, so a worker killed (out of memory, a stopped
+    # container) takes its training with it, never leaving an orphan step that trains beside the retry.
+    executor_def=dg.in_process_executor,
 )
