@@ -426,25 +426,26 @@ def cmd_dev(args) -> None:
 
 
 def cmd_search(args) -> None:
+    from clipfood_assets.exploitation.search import checked_k, checked_query, read_query_image
     from clipfood_assets.lake import lake_from_env
 
     if not args.query and not args.image:
         raise CliError("give a text query or --image PATH")
-    if args.image and not Path(args.image).is_file():
-        raise CliError(f"no such image: {args.image}")
-    if args.k < 1:
-        raise CliError("--k must be at least 1")
+    # Checked before anything is opened; a ValueError is one line and exit 2.
+    image = read_query_image(args.image) if args.image else None
+    query = checked_query(args.query) if image is None else None
+    k = checked_k(args.k)
     if args.run:
         # One run's own model, searching the fine-tuning zone's pairs (embedded on the fly).
         from clipfood_assets.modeling.search import open_run_searcher
 
         searcher = open_run_searcher(lake_from_env(), args.run)
-        if args.image:
-            hits = searcher.captions_for_image(Path(args.image).read_bytes(), k=args.k)
+        if image is not None:
+            hits = searcher.captions_for_image(image, k=k)
             for i, hit in enumerate(hits, 1):
                 print(f"{i}. {hit['score']:.3f}  {hit['caption']}  (recipe {hit['recipe_id']})")
         else:
-            hits = searcher.images_for_text(args.query, k=args.k)
+            hits = searcher.images_for_text(query, k=k)
             for i, hit in enumerate(hits, 1):
                 print(f"{i}. {hit['score']:.3f}  {hit['image_key']}  {hit['caption']}")
         return
@@ -458,14 +459,11 @@ def cmd_search(args) -> None:
         raise CliError(f"{exc} (or search one run's model over its pairs with --run KEY)") from None
     print(f"from {index.location.describe()}, made by the {searcher.model_info.describe()}", file=sys.stderr)
     try:
-        if args.image:
-            hits = searcher.titles_for_image(Path(args.image).read_bytes(), k=args.k)
-        else:
-            hits = searcher.images_for_text(args.query, k=args.k)
+        hits = searcher.titles_for_image(image, k=k) if image is not None else searcher.images_for_text(query, k=k)
     except IndexUnavailable as exc:  # the server stopped answering, or the index went away meanwhile
         raise CliError(str(exc)) from None
     for i, hit in enumerate(hits, 1):
-        print(f"{i}. {hit.score:.3f}  {hit.title}  (recipe {hit.recipe_id})" if args.image
+        print(f"{i}. {hit.score:.3f}  {hit.title}  (recipe {hit.recipe_id})" if image is not None
               else f"{i}. {hit.score:.3f}  {hit.object_key}  {hit.title}")
 
 
