@@ -54,7 +54,7 @@ def _files(folder: Path) -> set[str]:
 
 def _run_child(spec: dict, op: str, down: Path) -> dict:
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec), op, str(down)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -139,7 +139,7 @@ def test_a_write_to_a_full_disk_leaves_no_temp_file_and_frees_its_space(tmp_path
               'exec "$0" -c "$4" "$1" "$2" "$3"')
     done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script, sys.executable, str(disk),
                            str(tmp_path / "other"), str(big), _FULL_DISK_CHILD],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     if done.returncode != 0 and (done.stderr.startswith("unshare:") or "no small disk" in done.stderr):
         pytest.skip(f"cannot mount a small tmpfs here (no user namespaces?): {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
