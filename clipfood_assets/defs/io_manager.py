@@ -22,8 +22,12 @@ def zone_object(key: str, zone: str = FINE_TUNING_ZONE) -> dict[str, str]:
     return {"zone": zone, "zone_key": key}
 
 
+BUNDLE_FORMAT = "files under the prefix, manifest written last"
+
+
 def zone_artifact(prefix: str, zone: str = FINE_TUNING_ZONE) -> dict[str, str]:
-    return {"zone": zone, "zone_prefix": prefix}
+    """A multi-file artifact the I/O manager stores as a bundle (lake/artifacts.py)."""
+    return {"zone": zone, "zone_prefix": prefix, "zone_format": BUNDLE_FORMAT}
 
 
 def _location(definition_metadata: dict[str, Any], partition_key: str | None) -> tuple[str, str | None, str | None]:

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # what ObserveResult writes too
 
+from clipfood_assets.defs.adoption import adoptable_keys, adoption_events
 from clipfood_assets.defs.trusted_zone.jobs import refresh_job
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.defs.trusted_zone.assets import zone_versions
@@ -49,6 +50,15 @@ def record_observations(instance: dg.DagsterInstance, zone_lake: Lake) -> ZoneFi
     return fingerprint
 
 
+def _adopt(context: dg.SensorEvaluationContext, zone_lake: Lake, version: str) -> list[dg.AssetMaterialization]:
+    """The lake's built assets this instance has never recorded (a new instance over an old lake)."""
+    if context.repository_def is None:  # evaluated outside a code location: nothing to adopt into
+        return []
+    asset_graph = context.repository_def.asset_graph
+    return adoption_events(context.instance, zone_lake, asset_graph, adoptable_keys(asset_graph, partitioned=False),
+                           **{"trusted zone version": version})
+
+
 def _attempts(instance: dg.DagsterInstance, version: str, since: float) -> list:
     """Refresh runs requested for this zone version since the zone entered it, newest first."""
     records = instance.get_run_records(
@@ -88,15 +98,17 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
         since = time.time()
         context.update_cursor(json.dumps({**current, "since": since}, sort_keys=True))
 
-    def skip(reason: str) -> dg.SensorResult:
-        return dg.SensorResult(skip_reason=reason, asset_events=events)
+    def skip(reason: str, adopted: list | None = None) -> dg.SensorResult:
+        return dg.SensorResult(skip_reason=reason, asset_events=events + (adopted or []))
 
     if fingerprint.recipes_etag is None:
         return skip("trusted zone has no recipes.jsonl yet")
     # Asked of the lake, not the instance: a new instance over a built lake launches nothing.
     if zone_built_from(zone_lake) == fingerprint.version:
+        adopted = _adopt(context, zone_lake, fingerprint.version)
         return skip("data zone and baseline are built from this trusted zone (version "
-                    f"{fingerprint.version}); nothing to do")
+                    f"{fingerprint.version}); nothing to do"
+                    + (f"; recorded {len(adopted)} assets this instance had not seen" if adopted else ""), adopted)
     attempts = _attempts(context.instance, fingerprint.version, since)
     if any(not r.dagster_run.is_finished for r in attempts):
         return skip(f"a refresh for version {fingerprint.version} is under way")
