@@ -543,13 +543,16 @@ def cmd_promote(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="clipfood", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('clipfood_assets')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic trusted zone into the configured lake")
-    p.add_argument("--recipes", type=int, default=300)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--recipes", type=int, default=300, help="number of recipes (each with 1-4 photos; default 300)")
+    p.add_argument("--seed", type=int, default=42, help="random seed of the zone (default 42)")
     p.add_argument("--format", choices=("adsdb", "simple"), default="adsdb",
                    help="adsdb: the real trusted zone's shape (image$<project>$<time>$<md5>__<id>_<n>.jpg from 0, "
                         "raw/clean text fields); simple: <slug>__<id>_<n>.jpg from 1")
@@ -557,9 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("base-model", help="build the small offline CLIP and make it the platform's base model; "
                        "--use NAME records a hub id or folder instead; --show prints the one in use")
-    p.add_argument("--out", default=str(DEFAULT_BASE_MODEL_DIR))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--out", default=str(DEFAULT_BASE_MODEL_DIR),
+                   help="folder to save the model in (Hugging Face format; default <state folder>/base-model)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the model and its pre-training (default 0)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="brief pre-training steps on generic synthetic pairs (default: the builder's)")
     p.add_argument("--use", default=None, metavar="NAME",
                    help="record a hub id (openai/clip-vit-base-patch32) or a local model folder; builds nothing")
     p.add_argument("--show", action="store_true", help="print the platform's base model and where it comes from")
@@ -585,25 +590,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synth + base-model + materialize with one run, on the configured lake")
     # 500 recipes hold out 100 for testing: enough queries for a confidence interval that means something.
-    p.add_argument("--recipes", type=int, default=500)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--run", default="demo")
-    p.add_argument("--base-model-dir", default=str(DEFAULT_BASE_MODEL_DIR))
+    p.add_argument("--recipes", type=int, default=500, help="recipes in the synthetic zone (default 500)")
+    p.add_argument("--seed", type=int, default=42, help="random seed of the zone (default 42)")
+    p.add_argument("--run", default="demo", help="key of the experiment run it trains (default demo)")
+    p.add_argument("--base-model-dir", default=str(DEFAULT_BASE_MODEL_DIR),
+                   help="where the offline base model is built (default <state folder>/base-model)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("dev", help="start the Dagster UI on this project")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=3000, help="port of the UI (default 3000)")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("search", help="photos for a text (or recipe titles for a photo) from the exploitation "
                        "index; --run KEY searches with that run's own model instead")
-    p.add_argument("query", nargs="?", default=None)
+    p.add_argument("query", nargs="?", default=None, help="the text to search photos for (omit with --image)")
     p.add_argument("--run", default=None,
                    help="search the fine-tuning zone's pairs with this run's model (embedded on the fly) instead "
                         "of the exploitation index")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--image", default=None)
+    p.add_argument("--k", type=int, default=5, help="how many results (1-1000, default 5)")
+    p.add_argument("--image", default=None, help="a photo (file) to search recipe titles for, instead of a text")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("promote", help="promote the report's run (or --run KEY) and index every trusted-zone photo "

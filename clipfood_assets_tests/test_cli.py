@@ -105,3 +105,29 @@ def test_an_unreachable_hub_model_fails_with_the_products_message_first(capsys, 
     # Which model, why, and how to set it come first; the library's own error only as the cause.
     assert "failed in preprocessed_images: Could not load CLIP model 'openai/clip-vit-base-patch32'" in err
     assert err.index("clipfood base-model --use") < err.index("(cause:")
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from clipfood_assets.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    undocumented = [f"{name} {action.dest}" for name, sub in [("clipfood", parser), *commands.choices.items()]
+                    for action in sub._actions
+                    if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert undocumented == []
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "clipfood_assets", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"clipfood {version('clipfood_assets')}"
+    helped = subprocess.run([sys.executable, "-m", "clipfood_assets", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "search" in helped.stdout
