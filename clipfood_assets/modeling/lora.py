@@ -1,7 +1,10 @@
 """LoRA-family adapters on CLIP with peft (LoRA, DoRA, LoHa, LoKr, (IA)^3): apply, count, save, load, merge.
 
-The temperature (``logit_scale``) is not a peft module; it stays a separately trained
-parameter and is saved beside the adapters as ``logit_scale.json``.
+The temperature (``logit_scale``) is not a peft module (``modules_to_save`` takes modules, not a bare
+parameter), so it is trained as a plain parameter and written into ``adapter_model.safetensors`` under the
+key that peft's own loader puts into ``CLIPModel.logit_scale``: plain ``PeftModel.from_pretrained`` restores
+the trained temperature. ``logit_scale.json`` beside it is a readable copy; adapters saved before the tensor
+was there hold only that file, and :func:`load_adapted_model` still reads it for them.
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ from pathlib import Path
 
 import torch
 from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel, get_peft_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPProcessor
 
 from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
 
 LOGIT_SCALE_FILE = "logit_scale.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# peft's set_peft_model_state_dict passes keys without an adapter parameter through to load_state_dict,
+# so this one lands in PeftModel.base_model.model.logit_scale.
+LOGIT_SCALE_KEY = "base_model.model.logit_scale"
 _TOWER_PREFIX = {"vision": ("vision_model.",), "text": ("text_model.",), "both": ("vision_model.", "text_model.")}
 
 
@@ -129,10 +138,16 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def save_adapters(peft_model: PeftModel, out_dir: Path, logit_scale: float | torch.Tensor) -> Path:
-    """``save_pretrained`` (safetensors) of the adapters plus ``logit_scale.json`` (log scale)."""
+    """``save_pretrained`` (safetensors) of the adapters with the trained ``logit_scale`` in the adapter
+    file (:data:`LOGIT_SCALE_KEY`), plus ``logit_scale.json`` (log scale and temperature, for people)."""
     out_dir = Path(out_dir)
     peft_model.save_pretrained(out_dir, safe_serialization=True)
-    value = float(logit_scale.detach().float().cpu()) if torch.is_tensor(logit_scale) else float(logit_scale)
+    shape = logit_scale_parameter(peft_model).shape
+    scale = (logit_scale.detach() if torch.is_tensor(logit_scale) else torch.tensor(logit_scale))
+    scale = scale.to("cpu", torch.float32).reshape(shape).clone()
+    weights = out_dir / ADAPTER_WEIGHTS
+    save_file({**load_file(weights), LOGIT_SCALE_KEY: scale}, weights, metadata={"format": "pt"})
+    value = float(scale)
     (out_dir / LOGIT_SCALE_FILE).write_text(
         json.dumps({"logit_scale": value, "temperature": math.exp(-value)}, indent=2), encoding="utf-8"
     )
@@ -147,18 +162,22 @@ def load_adapted_model(
 ) -> tuple[torch.nn.Module, CLIPProcessor]:
     """Base CLIP + saved adapters (``PeftModel.from_pretrained``), merged for inference by default.
 
-    The trained ``logit_scale`` is restored from ``logit_scale.json`` when present.
+    peft restores the trained ``logit_scale`` from the adapter file; adapters saved before it was
+    there get it from their ``logit_scale.json``.
     """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json (not a saved adapter)")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
         raise ValueError(f"{adapter_dir} has no adapter_model.safetensors; pickle adapters are refused")
     model, processor = load_clip(base_name_or_path, "cpu")
     with _quiet_peft():
         adapted: torch.nn.Module = PeftModel.from_pretrained(model, str(adapter_dir))
+    with safe_open(weights, "pt") as stored:
+        scale_in_weights = LOGIT_SCALE_KEY in stored.keys()
     scale_file = adapter_dir / LOGIT_SCALE_FILE
-    if scale_file.is_file():
+    if not scale_in_weights and scale_file.is_file():
         value = float(json.loads(scale_file.read_text(encoding="utf-8"))["logit_scale"])
         with torch.no_grad():
             logit_scale_parameter(adapted).fill_(value)

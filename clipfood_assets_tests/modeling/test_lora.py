@@ -1,19 +1,26 @@
-"""LoRA on CLIP: parameter counts of the original notebooks' ViT-B/32 setup, scopes, save/load/merge round trip."""
+"""LoRA on CLIP: parameter counts of the original notebooks' ViT-B/32 setup, scopes, save/load/merge round trip,
+and the saved adapters as plain peft reads them."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
+
+from clipfood_assets_tests.plain_tools import run_plain_script
 
 from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
 from clipfood_assets.modeling.embed import embed_images, embed_texts
 from clipfood_assets.modeling.lora import (
+    LOGIT_SCALE_KEY,
     apply_adapters,
     count_parameters,
     load_adapted_model,
@@ -82,6 +89,7 @@ def test_save_load_merge_round_trip(tiny_model_dir, tmp_path, synthetic_data):
     assert {"adapter_config.json", "adapter_model.safetensors", "logit_scale.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert json.loads((out / "logit_scale.json").read_text())["logit_scale"] == pytest.approx(3.3)
+    assert float(load_file(out / "adapter_model.safetensors")[LOGIT_SCALE_KEY]) == pytest.approx(3.3)
 
     for merge in (True, False):
         loaded, loaded_processor = load_adapted_model(tiny_model_dir, out, "cpu", merge=merge)
@@ -115,6 +123,7 @@ def test_each_peft_method_trains_a_step_and_round_trips_save_load_merge(method, 
                                                                   ("red", "blue")], return_tensors="pt",
                        padding=True)
     before = adapted(**inputs).logits_per_image.detach().clone()
+    start_scale = logit_scale_parameter(adapted).item()
     optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=0.05)
     adapted(**inputs).logits_per_image.diagonal().sum().neg().backward()
     optimizer.step()
@@ -122,12 +131,79 @@ def test_each_peft_method_trains_a_step_and_round_trips_save_load_merge(method, 
     with torch.no_grad():
         after = adapted(**inputs).logits_per_image
     assert not torch.allclose(before, after)
+    assert logit_scale_parameter(adapted).item() != pytest.approx(start_scale)  # the temperature trained too
     save_adapters(adapted, tmp_path / method, logit_scale_parameter(adapted))
     merged, _ = load_adapted_model(tiny_model_dir, tmp_path / method, merge=True)
     unmerged, _ = load_adapted_model(tiny_model_dir, tmp_path / method, merge=False)
+    # Stock peft on a stock CLIPModel computes the same logits: the trained temperature included.
+    plain = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model_dir, use_safetensors=True),
+                                      str(tmp_path / method)).eval()
     with torch.no_grad():
         assert torch.allclose(merged(**inputs).logits_per_image, after, atol=1e-4)
         assert torch.allclose(unmerged(**inputs).logits_per_image, after, atol=1e-4)
+        assert torch.allclose(plain(**inputs).logits_per_image, after, atol=1e-4)
+
+
+_PLAIN_PEFT = """
+import torch
+from PIL import Image
+from peft import PeftModel
+from transformers import CLIPModel, CLIPProcessor
+
+base = CLIPModel.from_pretrained(BASE, use_safetensors=True)
+base_scale = base.logit_scale.exp().item()
+model = PeftModel.from_pretrained(base, ADAPTERS).eval()
+processor = CLIPProcessor.from_pretrained(BASE)
+inputs = processor(text=["tomato soup", "apple pie"], images=[Image.new("RGB", (64, 64), c) for c in ("red", "blue")],
+                   return_tensors="pt", padding=True)
+with torch.no_grad():
+    logits = model(**inputs).logits_per_image
+result = {"base_scale": base_scale, "scale": model.logit_scale.exp().item(), "logits": logits.tolist()}
+"""
+
+
+def _trained_adapters(base_dir, out_dir, log_scale: float):
+    model, processor = load_clip(base_dir)
+    adapted = apply_adapters(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.2)
+        logit_scale_parameter(adapted).fill_(log_scale)
+    save_adapters(adapted, out_dir, logit_scale_parameter(adapted))
+    return out_dir
+
+
+def test_plain_peft_in_a_fresh_process_uses_the_trained_temperature(tiny_model_dir, tmp_path):
+    trained = math.log(13.91)  # the issue's run: the base's 14.29 (here) or 15.47 would be wrong
+    adapters = _trained_adapters(tiny_model_dir, tmp_path / "adapters", trained)
+    ours, processor = load_adapted_model(tiny_model_dir, adapters, merge=True)
+    inputs = processor(text=["tomato soup", "apple pie"], images=[Image.new("RGB", (64, 64), c) for c in
+                                                                  ("red", "blue")], return_tensors="pt",
+                       padding=True)
+    with torch.no_grad():
+        expected = ours(**inputs).logits_per_image
+
+    plain = run_plain_script(f"BASE, ADAPTERS = {str(tiny_model_dir)!r}, {str(adapters)!r}\n" + _PLAIN_PEFT,
+                             cwd=tmp_path)
+    assert plain["base_scale"] == pytest.approx(math.exp(2.6592), abs=1e-3)
+    assert plain["scale"] == pytest.approx(13.91, abs=1e-4)
+    assert torch.allclose(torch.tensor(plain["logits"]), expected, atol=1e-5)
+
+
+def test_adapters_saved_with_only_logit_scale_json_still_load_with_their_temperature(tiny_model_dir, tmp_path):
+    """A run trained before the temperature was in the adapter file: our loader reads logit_scale.json."""
+    adapters = _trained_adapters(tiny_model_dir, tmp_path / "adapters", 3.3)
+    weights = adapters / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    del tensors[LOGIT_SCALE_KEY]
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    for merge in (True, False):
+        loaded, _ = load_adapted_model(tiny_model_dir, adapters, merge=merge)
+        assert logit_scale_parameter(loaded).item() == pytest.approx(3.3)
+    plain = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model_dir, use_safetensors=True), str(adapters))
+    assert plain.logit_scale.item() == pytest.approx(2.6592, abs=1e-4)  # what such a file gave stock peft
 
 
 def test_an_unknown_method_and_qlora_without_cuda_are_refused_clearly():
