@@ -103,8 +103,13 @@ class Lake(ABC):
         """Size and ETag of an object (raises ObjectNotFound)."""
 
     @abstractmethod
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under prefix, recursively, in key order, streamed page by page."""
+    def list(self, bucket: str, prefix: str = "", *, start_after: str = "",
+             limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Every object under prefix, recursively, in key order, streamed page by page.
+
+        ``start_after``: only keys after it (S3's StartAfter), so a listing can resume where an earlier
+        one stopped; ``limit``: at most this many objects (memory and requests stay bounded by it).
+        """
 
     @abstractmethod
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:

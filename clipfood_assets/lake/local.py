@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
 import os
 import stat
 import struct
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -191,9 +193,11 @@ class LocalLake(Lake):
             pass  # deleted since is_file()
         raise ObjectNotFound(f"no object {self.uri(bucket, key)}")
 
-    def list(self, bucket, prefix=""):
+    def list(self, bucket, prefix="", *, start_after="", limit=None):
         validate_bucket(bucket)
         validate_prefix(prefix)
+        if limit is not None and limit <= 0:
+            return
         base = self.root / bucket
         if not base.is_dir():
             return
@@ -202,35 +206,60 @@ class LocalLake(Lake):
         start = base / head if head else base
         if not start.is_dir():
             return
-        yield from self._walk(str(start), head + "/" if head else "", bucket, prefix)
+        objects = self._walk(str(start), head + "/" if head else "", bucket, prefix, start_after, limit)
+        yield from islice(objects, limit)
 
-    def _walk(self, directory: str, folder_key: str, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
-        """Objects under prefix in ``directory``, whose keys start with ``folder_key`` ("" or "a/b/")."""
+    def _walk(self, directory: str, folder_key: str, bucket: str, prefix: str, after: str,
+              limit: int | None) -> Iterator[ObjectInfo]:
+        """Objects under prefix in ``directory``, whose keys start with ``folder_key`` ("" or "a/b/"), after
+        the key ``after``. With a ``limit``, a directory's names are taken at most ``limit`` at a time."""
+        # After's part in this directory: names up to it are skipped ("" when it sorts before the folder).
+        rel = after[len(folder_key):] if after.startswith(folder_key) else ("" if after < folder_key else None)
+        if rel is None:
+            return  # the whole folder sorts before ``after``
+        resumed = False
+        while True:
+            names = self._names(directory, rel, limit, into_folder=not resumed)
+            for name in names:
+                key = folder_key + name
+                if name.endswith("/"):
+                    if key.startswith(prefix) or prefix.startswith(key):
+                        yield from self._walk(os.path.join(directory, name[:-1]), key, bucket, prefix, after, limit)
+                    continue
+                if not key.startswith(prefix):
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue  # symlinks are not objects
+                    etag, st = _content_etag(path, st)
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(bucket, key, st.st_size, etag, st.st_mtime)
+            if limit is None or len(names) < limit:
+                return
+            # More names than one take: the next ones, strictly after the last (a folder's keys are all listed).
+            rel, after, resumed = names[-1], "", True
+
+    @staticmethod
+    def _names(directory: str, after: str, limit: int | None, into_folder: bool) -> list[str]:
+        """The directory's names after ``after`` in S3's key order (a folder "a" as "a/"), the first ``limit``.
+
+        Names only, and with a limit at most that many held (a bounded heap, not a sorted copy of a flat
+        folder of a million photos). The entry's type comes with it: no stat per name. ``into_folder``:
+        a folder that ``after`` points into is kept, its later keys are listed.
+        """
         try:
-            # Sort names as S3 sorts keys (a folder "a" as "a/"); names only, so a flat folder of
-            # 100,000 images costs little memory. The entry's type comes with it: no stat per name.
             with os.scandir(directory) as entries:
-                names = sorted(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name
-                               for e in entries if not e.name.startswith(_TMP_PREFIX))
+                names = (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name
+                         for e in entries if not e.name.startswith(_TMP_PREFIX))
+                if after:
+                    names = (n for n in names
+                             if n > after or (into_folder and n.endswith("/") and after.startswith(n)))
+                return sorted(names) if limit is None else heapq.nsmallest(limit, names)
         except FileNotFoundError:
-            return
-        for name in names:
-            key = folder_key + name
-            if name.endswith("/"):
-                if key.startswith(prefix) or prefix.startswith(key):
-                    yield from self._walk(os.path.join(directory, name[:-1]), key, bucket, prefix)
-                continue
-            if not key.startswith(prefix):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                st = os.stat(path, follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    continue  # symlinks are not objects
-                etag, st = _content_etag(path, st)
-            except FileNotFoundError:
-                continue  # deleted while listing
-            yield ObjectInfo(bucket, key, st.st_size, etag, st.st_mtime)
+            return []
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key):
         src = self._path(src_bucket, src_key)

@@ -160,16 +160,22 @@ class S3Lake(Lake):
         st = self._call(self.uri(bucket, key), self._client.stat_object, bucket_name=bucket, object_name=key)
         return self._info(bucket, key, st.etag, st.size, st.last_modified)
 
-    def list(self, bucket, prefix=""):
+    def list(self, bucket, prefix="", *, start_after="", limit=None):
         validate_bucket(bucket)
         validate_prefix(prefix)
+        if limit is not None and limit <= 0:
+            return
         if not self._call(self.uri(bucket), self._client.bucket_exists, bucket_name=bucket):
             return
-        # The client pages through ListObjectsV2 lazily: memory stays flat for big zones.
-        objects = self._client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True)
+        # The client pages through ListObjectsV2 lazily (1,000 keys a page): memory stays flat for big
+        # zones, and stopping at ``limit`` sends no further request.
+        objects = self._client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True,
+                                            start_after=start_after or None)
         try:
-            for obj in objects:
+            for n, obj in enumerate(objects, 1):
                 yield self._info(bucket, obj.object_name, obj.etag, obj.size, obj.last_modified)
+                if n == limit:
+                    return
         except S3Error as exc:
             raise LakeError(f"S3 error listing {self.uri(bucket, prefix)}: {exc.code}") from exc
         except (ServerError, InvalidResponseError) as exc:
