@@ -24,8 +24,10 @@ from transformers import CLIPModel, CLIPProcessor
 
 from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
+from clipfood_assets.modeling.hub import BaseModelSource, base_model_source
 
 LOGIT_SCALE_FILE = "logit_scale.json"
+ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # peft's set_peft_model_state_dict passes keys without an adapter parameter through to load_state_dict,
 # so this one lands in PeftModel.base_model.model.logit_scale.
@@ -137,11 +139,30 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def _name_base_model_portably(out_dir: Path) -> BaseModelSource | None:
+    """adapter_config.json names the base model by its hub id (and revision) when it is a copy of a Hub
+    model; peft wrote the folder it was loaded from, which exists on the training machine only."""
+    config_file = out_dir / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if not config.get("base_model_name_or_path"):  # a model built from a config names nothing
+        return None
+    source = base_model_source(config["base_model_name_or_path"])
+    config["base_model_name_or_path"] = source.portable_name
+    config["revision"] = config.get("revision") or source.revision
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    return source
+
+
 def save_adapters(peft_model: PeftModel, out_dir: Path, logit_scale: float | torch.Tensor) -> Path:
     """``save_pretrained`` (safetensors) of the adapters with the trained ``logit_scale`` in the adapter
-    file (:data:`LOGIT_SCALE_KEY`), plus ``logit_scale.json`` (log scale and temperature, for people)."""
+    file (:data:`LOGIT_SCALE_KEY`), plus ``logit_scale.json`` (log scale and temperature, for people).
+
+    ``adapter_config.json`` names the base model by its hub id when it is a copy of a Hub model
+    (:func:`~clipfood_assets.modeling.hub.base_model_source`), else by its folder.
+    """
     out_dir = Path(out_dir)
     peft_model.save_pretrained(out_dir, safe_serialization=True)
+    _name_base_model_portably(out_dir)
     shape = logit_scale_parameter(peft_model).shape
     scale = (logit_scale.detach() if torch.is_tensor(logit_scale) else torch.tensor(logit_scale))
     scale = scale.to("cpu", torch.float32).reshape(shape).clone()
@@ -166,7 +187,7 @@ def load_adapted_model(
     there get it from their ``logit_scale.json``.
     """
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json (not a saved adapter)")
     weights = adapter_dir / ADAPTER_WEIGHTS
     if not weights.is_file():
