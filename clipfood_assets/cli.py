@@ -156,16 +156,6 @@ PID_TAG = "clipfood/pid"
 HOST_TAG = "clipfood/host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_dead_runs(instance) -> list[str]:
     """Mark runs whose `clipfood` process died (killed, machine crash) as failed.
 
@@ -176,10 +166,12 @@ def reap_dead_runs(instance) -> list[str]:
 
     import dagster as dg
 
+    from clipfood_assets.defs.run_launcher import process_alive
+
     reaped = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         pid = run.tags.get(PID_TAG)
-        if run.tags.get(HOST_TAG) == socket.gethostname() and pid and not _alive(int(pid)):
+        if run.tags.get(HOST_TAG) == socket.gethostname() and pid and not process_alive(int(pid)):
             instance.report_run_failed(run, message=f"its process {pid} is gone (killed or crashed)")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             reaped.append(run.run_id)

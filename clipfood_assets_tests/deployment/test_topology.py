@@ -28,7 +28,7 @@ from clipfood_assets.lake.layout import FINE_TUNING_ZONE, run_checkpoints_prefix
 from clipfood_assets_tests import REPO_ROOT
 from clipfood_assets_tests.deployment import topology
 from clipfood_assets_tests.deployment.postgres import PASSWORD
-from clipfood_assets_tests.integration.dagster_client import REPOSITORY
+from clipfood_assets_tests.integration.dagster_client import LAUNCH, REPOSITORY
 from clipfood_assets_tests.integration.test_ui_browser import CHROMIUM
 
 pytestmark = pytest.mark.slow
@@ -41,16 +41,6 @@ LONG = {"training": {"epochs": 25, "batch_size": 8, "effective_batch_size": 16, 
 TRAIN_JOB = "train_and_evaluate_run"
 EXPLOITATION_ASSETS = {"exploitation_image_embeddings", "exploitation_title_embeddings", "exploitation_collections"}
 
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
 ADD_PARTITION = """
 mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) { __typename }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from clipfood_assets_tests.integration.dagster_client import Dagster, free_port
+from clipfood_assets_tests.integration.dagster_client import Dagster, free_port, wait_for
 
 from clipfood_assets.defs.meta import GPU_POOL, GPU_POOL_LIMIT
 from clipfood_assets_tests import REPO_ROOT as REPO
@@ -140,13 +140,3 @@ class Topology:
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} ---\n{s.tail()}" for s in self.services)
 
-
-def wait_for(what: str, check, timeout_s: float, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(every_s)

@@ -23,7 +23,7 @@ import pytest
 
 from clipfood_assets.cli import process_group_alive
 from clipfood_assets_tests import REPO_ROOT
-from clipfood_assets_tests.integration.dagster_client import REPOSITORY, Dagster, free_port
+from clipfood_assets_tests.integration.dagster_client import REPOSITORY, Dagster, free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RUN_KEY = "ui-run"
@@ -98,17 +98,6 @@ def browser():
         chromium.close()
 
 
-def _wait(what: str, check, timeout_s: float, every_s: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(every_s)
-
-
 def _ticks(client: Dagster, sensor: str) -> list[dict]:
     data = client.query(SENSOR_TICKS, {"selector": {**REPOSITORY, "sensorName": sensor}})
     return data["sensorOrError"]["sensorState"]["ticks"]
@@ -143,7 +132,7 @@ def _figures_in_markdown(page, label: str) -> list[tuple[str, int]]:
     dialog = page.locator("[role=dialog]").last
     dialog.locator("img").first.wait_for(timeout=20000)
     images = dialog.locator("img")
-    _wait("figures to load", lambda: images.evaluate_all("els => els.every(e => e.complete)"), 20, 0.5)
+    wait_for("figures to load", lambda: images.evaluate_all("els => els.every(e => e.complete)"), 20, 0.5)
     images.first.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)  # the dialog fades in
     return images.evaluate_all("els => els.map(e => [e.alt, e.naturalWidth])")
@@ -163,11 +152,11 @@ def walk_the_readme(client: Dagster, browser, runs_after: int, run_key: str = RU
     url = client.url
 
     # 1. Left alone, the instance launches nothing that fails: the sensor knows the zone it built from.
-    _wait("the trusted-zone sensor's first tick", lambda: [
+    wait_for("the trusted-zone sensor's first tick", lambda: [
         t for t in _ticks(client, "trusted_zone_sensor") if t["status"] != "STARTED"], 120)
     first = [t for t in _ticks(client, "trusted_zone_sensor") if t["status"] != "STARTED"][-1]
     assert first["status"] == "SKIPPED" and "built from this trusted zone" in first["skipReason"], first
-    _wait("the automation sensor's first tick", lambda: _ticks(client, "automation_condition_sensor"), 120)
+    wait_for("the automation sensor's first tick", lambda: _ticks(client, "automation_condition_sensor"), 120)
     assert _failed_runs(client) == []
     report_before = _latest(client, "comparison_report")
     assert report_before is not None
@@ -187,8 +176,8 @@ def walk_the_readme(client: Dagster, browser, runs_after: int, run_key: str = RU
     page.get_by_text("Launched run").wait_for(timeout=30000)
 
     # 3. Its M1 numbers follow by themselves, and the report follows them.
-    results = _wait("lora_results of the new run", lambda: _latest(client, "lora_results", run_key), 300)
-    report = _wait("the report to rebuild with the new run", lambda: (
+    results = wait_for("lora_results of the new run", lambda: _latest(client, "lora_results", run_key), 300)
+    report = wait_for("the report to rebuild with the new run", lambda: (
         (latest := _latest(client, "comparison_report"))
         and float(latest["timestamp"]) > float(results["timestamp"]) and latest), 180)
     runs_entry = {e["label"]: e.get("intValue") for e in report["metadataEntries"]}
@@ -227,8 +216,8 @@ def test_a_newcomer_adds_a_run_in_the_ui_and_the_report_follows(clipfood_dev, br
     groups = {proc.pid, *_children(proc.pid)}  # `dagster dev` runs in a process group of its own
     os.kill(proc.pid, signal.SIGTERM)
     started = time.monotonic()
-    _wait("clipfood dev to exit", lambda: proc.poll() is not None, 15, 0.2)
-    _wait("every process of clipfood dev to stop", lambda: not any(process_group_alive(g) for g in groups), 15, 0.2)
+    wait_for("clipfood dev to exit", lambda: proc.poll() is not None, 15, 0.2)
+    wait_for("every process of clipfood dev to stop", lambda: not any(process_group_alive(g) for g in groups), 15, 0.2)
     assert time.monotonic() - started < 10, log_path.read_text(errors="replace")[-2000:]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from clipfood_assets.cli import write_synthetic_zone
 from clipfood_assets_tests import REPO_ROOT
-from clipfood_assets_tests.integration.dagster_client import LOCATION, Dagster, free_port
+from clipfood_assets_tests.integration.dagster_client import LAUNCH, LOCATION, Dagster, free_port
 
 
 @pytest.fixture
@@ -41,17 +41,6 @@ def dagster_dev(s3_server, s3_lake, tmp_path):
         log.close()
 
 
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
-}
-"""
 
 RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
