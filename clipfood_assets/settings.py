@@ -31,6 +31,9 @@ ACCESS_KEY_ENVS = ("MINIO_ACCESS_KEY", "MINIO_USER")
 SECRET_KEY_ENVS = ("MINIO_SECRET_KEY", "MINIO_PASSWORD")
 MINIO_SECURE_ENV = "MINIO_SECURE"
 MINIO_REGION_ENV = "MINIO_REGION"
+SENSOR_SECONDS_ENV = "CLIPFOOD_SENSOR_SECONDS_PER_TICK"
+SENSOR_OBJECTS_ENV = "CLIPFOOD_SENSOR_OBJECTS_PER_TICK"
+SENSOR_SQS_URL_ENV = "CLIPFOOD_SENSOR_SQS_URL"
 
 
 def _stripped(value):
@@ -106,8 +109,23 @@ class ClipfoodSettings(BaseSettings):
         description="TLS to MinIO (1/true/yes/on); an `https://` endpoint implies it.",
     )
     minio_region: str | None = Field(default=None, validation_alias=MINIO_REGION_ENV)
+    sensor_seconds_per_tick: float = Field(
+        default=3.0, validation_alias=SENSOR_SECONDS_ENV,
+        description="Seconds the trusted-zone sensor lists per tick before it pauses its pass over the zone "
+        "(resumed next tick); not a positive number: the default, 3.",
+    )
+    sensor_objects_per_tick: int = Field(
+        default=200_000, validation_alias=SENSOR_OBJECTS_ENV,
+        description="Objects the trusted-zone sensor lists per tick at most (a multiple of 1,000 keeps S3 pages "
+        "whole); not a positive integer: the default, 200,000.",
+    )
+    sensor_sqs_url: str | None = Field(
+        default=None, validation_alias=SENSOR_SQS_URL_ENV,
+        description="An SQS queue URL the trusted zone's bucket notifications go to (s3:ObjectCreated:*, "
+        "s3:ObjectRemoved:*): the sensor reads changes from it first each tick. Unset: listing only.",
+    )
 
-    @field_validator("base_model", "chroma_url", "minio_endpoint", "minio_region", mode="before")
+    @field_validator("base_model", "chroma_url", "minio_endpoint", "minio_region", "sensor_sqs_url", mode="before")
     @classmethod
     def _strip(cls, value):
         return _stripped(value)
@@ -117,7 +135,7 @@ class ClipfoodSettings(BaseSettings):
     def _threads(cls, value):
         return _positive_int(value)
 
-    @field_validator("chroma_timeout_s", mode="before")
+    @field_validator("chroma_timeout_s", "sensor_seconds_per_tick", mode="before")
     @classmethod
     def _seconds(cls, value):
         try:
@@ -127,6 +145,14 @@ class ClipfoodSettings(BaseSettings):
         if not 0 < seconds < float("inf"):
             raise PydanticUseDefault()
         return seconds
+
+    @field_validator("sensor_objects_per_tick", mode="before")
+    @classmethod
+    def _count(cls, value):
+        count = _positive_int(value)
+        if count is None:
+            raise PydanticUseDefault()
+        return count
 
     @field_validator("minio_secure", mode="before")
     @classmethod
