@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound, validate_key
+from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound, object_content_type, validate_key
 from clipfood_assets.lake.tables import read_table, write_table
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -39,15 +39,16 @@ def manifest_key(prefix: str, name: str) -> str:
 def encode(name: str, value: Any) -> tuple[bytes, str]:
     """Plain formats only: CSV, JSON, YAML, text, bytes. Never pickle."""
     if isinstance(value, pd.DataFrame):
-        return write_table(value), "text/csv"
+        return write_table(value), object_content_type(name, "text/csv")
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value), _content_type(name)
+        return bytes(value), object_content_type(name)
     if isinstance(value, str):
-        return value.encode("utf-8"), _content_type(name)
+        return value.encode("utf-8"), object_content_type(name)
     if name.endswith((".yaml", ".yml")):
-        return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).encode("utf-8"), "application/yaml"
+        return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).encode("utf-8"), object_content_type(name)
     if name.endswith(".json"):
-        return json.dumps(value, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8"), "application/json"
+        data = json.dumps(value, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8")
+        return data, object_content_type(name)
     raise TypeError(f"cannot store {type(value).__name__} as {name!r}: use a DataFrame, dict/list, str or bytes")
 
 
@@ -70,14 +71,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _content_type(name: str) -> str:
-    for suffix, ctype in ((".png", "image/png"), (".jpg", "image/jpeg"), (".md", "text/markdown"),
-                          (".json", "application/json"), (".safetensors", "application/octet-stream")):
-        if name.endswith(suffix):
-            return ctype
-    return "application/octet-stream"
 
 
 @dataclass

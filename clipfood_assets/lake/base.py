@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 MAX_KEY_LENGTH = 1024
@@ -52,6 +52,31 @@ class ObjectInfo:
     last_modified: float | None = None  # seconds since the epoch
 
 
+# The Content-Type of what the platform writes, by suffix, so that MinIO's console and browsers show each
+# object as what it is. safetensors and numpy arrays have no registered type: octet-stream is theirs.
+_CONTENT_TYPES = {
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+}
+
+
+def object_content_type(key: str, given: str | None = None) -> str:
+    """The Content-Type an object is stored with: ``given``, else the one its key's suffix names, else
+    ``application/octet-stream``; text types say UTF-8 (all text the platform writes is)."""
+    ctype = given or _CONTENT_TYPES.get(PurePosixPath(key).suffix.lower(), "application/octet-stream")
+    if ctype.startswith("text/") and "charset=" not in ctype:
+        ctype += "; charset=utf-8"
+    return ctype
+
+
 def validate_key(key: str) -> str:
     """Refuse keys that are absolute, climb out with `..`, or carry control characters.
 
@@ -84,7 +109,12 @@ def validate_bucket(bucket: str) -> str:
 
 
 class Lake(ABC):
-    """Object storage with S3 semantics. Zones are buckets; keys are validated."""
+    """Object storage with S3 semantics. Zones are buckets; keys are validated.
+
+    Objects are stored with a Content-Type (:func:`object_content_type`: the one given, else by the key's
+    suffix) where the backend keeps one: S3 does, a local folder does not (file servers go by the
+    same suffixes).
+    """
 
     @abstractmethod
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
@@ -113,7 +143,8 @@ class Lake(ABC):
 
     @abstractmethod
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:
-        """Server-side copy (the bytes never pass through this process); returns the new ETag."""
+        """Server-side copy (the bytes never pass through this process), with the Content-Type of ``dst_key``;
+        returns the new ETag."""
 
     @abstractmethod
     def delete(self, bucket: str, key: str) -> None:

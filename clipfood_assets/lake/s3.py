@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import CopySource
+from minio.commonconfig import REPLACE, CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.util.retry import Retry
 
@@ -19,6 +19,7 @@ from clipfood_assets.lake.base import (
     LakeError,
     ObjectInfo,
     ObjectNotFound,
+    object_content_type,
     validate_bucket,
     validate_key,
     validate_prefix,
@@ -126,7 +127,7 @@ class S3Lake(Lake):
             object_name=key,
             data=io.BytesIO(data),
             length=len(data),
-            content_type=content_type or "application/octet-stream",
+            content_type=object_content_type(key, content_type),
         )
         return self._info(bucket, key, result.etag, len(data), result.last_modified)
 
@@ -139,7 +140,7 @@ class S3Lake(Lake):
             bucket_name=bucket,
             object_name=key,
             file_path=str(Path(path)),
-            content_type=content_type or "application/octet-stream",
+            content_type=object_content_type(key, content_type),
         )
         return self.stat(bucket, key)
 
@@ -194,6 +195,9 @@ class S3Lake(Lake):
             bucket_name=dst_bucket,
             object_name=dst_key,
             source=CopySource(src_bucket, src_key),
+            # S3 copies the source's headers by default: the copy gets the type its own key names.
+            metadata={"Content-Type": object_content_type(dst_key)},
+            metadata_directive=REPLACE,
         )
         return (result.etag or "").strip('"')
 
