@@ -105,15 +105,51 @@ def write_synthetic_zone(lake, n_recipes: int, seed: int, progress=None, zone_fo
     return {"recipes": n_recipes, "images": n_images, "uri": lake.uri(TRUSTED_ZONE)}
 
 
+def write_scale_zone(lake, n_recipes: int, photos_per_recipe: int, seed: int, workers: int = 8,
+                     progress=None) -> dict:
+    """Write a trusted zone at scale (``synthetic.scale_trusted_zone``): photos ``workers`` at a time, a
+    thousand in flight at most, then recipes.jsonl streamed from a temporary file (memory stays flat)."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_ZONE
+    from clipfood_assets.synthetic import scale_trusted_zone
+
+    lines, images = scale_trusted_zone(n_recipes, photos_per_recipe, seed)
+    n_images = 0
+    with ThreadPoolExecutor(workers) as pool:
+        while batch := list(islice(images, 1000)):
+            for _ in pool.map(lambda item: lake.put_bytes(TRUSTED_ZONE, *item, "image/jpeg"), batch):
+                pass  # consumed: a failed write raises here
+            n_images += len(batch)
+            if progress:
+                progress(n_images)
+    with tempfile.NamedTemporaryFile(prefix="clipfood-recipes-", suffix=".jsonl") as tmp:
+        tmp.writelines(lines)
+        tmp.flush()
+        # recipes.jsonl last: a reader that sees it sees every image it names.
+        lake.put_file(TRUSTED_ZONE, RECIPES_KEY, Path(tmp.name), "application/x-ndjson")
+    return {"recipes": n_recipes, "images": n_images, "uri": lake.uri(TRUSTED_ZONE)}
+
+
 def cmd_synth(args) -> None:
     from clipfood_assets.lake import lake_from_env
 
     if args.recipes < 2:
         raise CliError("--recipes must be at least 2 (the split needs a train and a test recipe)")
+    if args.photos < 1 or args.workers < 1:
+        raise CliError("--photos and --workers must be at least 1")
     lake = lake_from_env()
-    summary = write_synthetic_zone(lake, args.recipes, args.seed, lambda n: log.info("wrote %d images", n),
-                                   zone_format=args.format)
-    print(f"synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images -> {summary['uri']}")
+    start = time.perf_counter()
+    if args.scale:
+        summary = write_scale_zone(lake, args.recipes, args.photos, args.seed, args.workers,
+                                   lambda n: log.info("wrote %d images", n))
+    else:
+        summary = write_synthetic_zone(lake, args.recipes, args.seed, lambda n: log.info("wrote %d images", n),
+                                       zone_format=args.format)
+    print(f"synthetic trusted zone: {summary['recipes']} recipes, {summary['images']} images -> {summary['uri']} "
+          f"({time.perf_counter() - start:.1f} s)")
 
 
 # --- base-model ----------------------------------------------------------------------------------
@@ -548,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("adsdb", "simple"), default="adsdb",
                    help="adsdb: the real trusted zone's shape (image$<project>$<time>$<md5>__<id>_<n>.jpg from 0, "
                         "raw/clean text fields); simple: <slug>__<id>_<n>.jpg from 1")
+    p.add_argument("--scale", action="store_true",
+                   help="a zone at scale, fast: --photos photos per recipe, a few 64 px pictures reused under "
+                        "distinct ADSDB keys, each with its own ETag (for listing, copy and sensor benchmarks)")
+    p.add_argument("--photos", type=int, default=4, help="photos per recipe with --scale (default 4)")
+    p.add_argument("--workers", type=int, default=8, help="parallel writes with --scale (default 8)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("base-model", help="build the small offline CLIP and make it the platform's base model; "

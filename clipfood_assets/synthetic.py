@@ -52,6 +52,9 @@ __all__ = [
     "render_dish_picture",
     "slugify",
     "synthetic_trusted_zone",
+    "scale_recipe",
+    "scale_trusted_zone",
+    "with_comment",
 ]
 
 RGB = tuple[int, int, int]
@@ -1048,3 +1051,60 @@ def synthetic_trusted_zone(
     lines = (json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
              for row in rows)
     return "".join(lines).encode("utf-8"), _adsdb_images(rows, seed, project)
+
+
+# --------------------------------------------------------------------------- a zone at scale
+
+SCALE_BASE_PHOTOS = 8  # distinct pictures behind every key of a zone at scale
+SCALE_PHOTO_PX = 64
+
+
+def _scale_id(i: int, seed: int) -> str:
+    """A distinct 10-hex-digit id per index: multiplying by an odd number is a bijection mod 2**40."""
+    return f"{(i * 0x9E3779B1 + seed * 0x5851F42D) % (1 << 40):010x}"
+
+
+def scale_recipe(i: int, seed: int = 0) -> dict:
+    """Recipe ``i`` of a zone at scale: an ADSDB row (id, raw and clean title), computed from ``i`` alone."""
+    dish = DISHES[i % len(DISHES)]
+    ingredient = INGREDIENTS[i // len(DISHES) % len(INGREDIENTS)]
+    descriptor = DESCRIPTORS[i // (len(DISHES) * len(INGREDIENTS)) % len(DESCRIPTORS)]
+    title = f"{descriptor} {ingredient.name} {dish.name}"
+    return {"id": _scale_id(i, seed), "title_text_raw": title, "title_text_clean": adsdb_clean(title),
+            "has_nutrition_data": False}
+
+
+def with_comment(jpeg: bytes, comment: bytes) -> bytes:
+    """The same picture with a JPEG comment (COM segment) after the start marker: other bytes, so another
+    ETag, and it still decodes to the same pixels."""
+    if len(comment) > 65_533:
+        raise ValueError("a JPEG comment holds at most 65,533 bytes")
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
+def scale_trusted_zone(n_recipes: int, photos_per_recipe: int = 4, seed: int = 0,
+                       project: str = ADSDB_PROJECT) -> tuple[Iterator[bytes], Iterator[tuple[str, bytes]]]:
+    """A trusted zone of ``n_recipes`` recipes with ``photos_per_recipe`` photos each, made fast and streamed.
+
+    For listing, copy and change detection at scale: a few pictures (``SCALE_BASE_PHOTOS``, 64 px,
+    decodable) reused under distinct ADSDB keys, each with a comment naming its key's recipe and
+    position, so every object has its own ETag. Returns an iterator of recipes.jsonl lines (UTF-8) and one
+    of ``(key, jpeg_bytes)``; neither holds the zone in memory.
+    """
+    if n_recipes < 0 or photos_per_recipe < 1:
+        raise ValueError(f"need n_recipes >= 0 and photos_per_recipe >= 1, got {n_recipes}, {photos_per_recipe}")
+    bases = [render_dish_image(scale_recipe(i, seed), 0, seed, size=SCALE_PHOTO_PX) for i in range(SCALE_BASE_PHOTOS)]
+
+    def lines() -> Iterator[bytes]:
+        for i in range(n_recipes):
+            yield (json.dumps(scale_recipe(i, seed), ensure_ascii=False) + "\n").encode("utf-8")
+
+    def images() -> Iterator[tuple[str, bytes]]:
+        for i in range(n_recipes):
+            recipe_id = _scale_id(i, seed)
+            for position in range(photos_per_recipe):
+                data = with_comment(bases[(i + position) % len(bases)], f"{recipe_id}_{position}".encode())
+                taken = _ADSDB_TIME_ORIGIN + (i * photos_per_recipe + position) % (86_400 * 30)
+                yield adsdb_image_key(project, taken, data, recipe_id, position), data
+
+    return lines(), images()
