@@ -24,7 +24,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
-from clipfood_assets.modeling.hub import BaseModelSource, base_model_source
+from clipfood_assets.modeling.hub import BaseModelSource, adapter_usage, base_model_source, card_data, card_text
 
 LOGIT_SCALE_FILE = "logit_scale.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -139,30 +139,57 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def _name_base_model_portably(out_dir: Path) -> BaseModelSource | None:
+def _name_base_model_portably(out_dir: Path) -> BaseModelSource:
     """adapter_config.json names the base model by its hub id (and revision) when it is a copy of a Hub
     model; peft wrote the folder it was loaded from, which exists on the training machine only."""
     config_file = out_dir / ADAPTER_CONFIG
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if not config.get("base_model_name_or_path"):  # a model built from a config names nothing
-        return None
-    source = base_model_source(config["base_model_name_or_path"])
+    source = base_model_source(config.get("base_model_name_or_path") or "")
+    if not source.name:  # a model built from a config names nothing
+        return source
     config["base_model_name_or_path"] = source.portable_name
     config["revision"] = config.get("revision") or source.revision
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     return source
 
 
-def save_adapters(peft_model: PeftModel, out_dir: Path, logit_scale: float | torch.Tensor) -> Path:
+def adapter_method(peft_model: PeftModel) -> str:
+    """The peft method of ``peft_model``'s adapters as the config names it: lora, dora, loha, lokr or ia3."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    return "dora" if getattr(config, "use_dora", False) else str(config.peft_type.value).lower()
+
+
+def _training_card(source: BaseModelSource, method: str, log_scale: float) -> str:
+    data = card_data(source, library_name="peft", tags=["clip", "peft", method, "food", "clipfood"],
+                     base_model_relation="adapter" if source.hub_id else None)
+    body = f"""# clipfood adapters (peft {method}) for CLIP
+
+peft adapters of a clipfood experiment run on the base model {source.describe()}. The trained temperature
+(`logit_scale` {log_scale:.4f}: logits scaled by {math.exp(log_scale):.2f}) is in `adapter_model.safetensors`,
+so plain peft restores it:
+
+{adapter_usage(source)}
+
+No test metrics yet: these files are written when training ends. The run's `results_lora.json` holds them,
+with paired-bootstrap confidence intervals against the base model; the promoted model's card carries them
+as `model-index`.
+"""
+    return card_text(data, body)
+
+
+def save_adapters(peft_model: PeftModel, out_dir: Path, logit_scale: float | torch.Tensor,
+                  card: str | None = None) -> Path:
     """``save_pretrained`` (safetensors) of the adapters with the trained ``logit_scale`` in the adapter
     file (:data:`LOGIT_SCALE_KEY`), plus ``logit_scale.json`` (log scale and temperature, for people).
 
     ``adapter_config.json`` names the base model by its hub id when it is a copy of a Hub model
-    (:func:`~clipfood_assets.modeling.hub.base_model_source`), else by its folder.
+    (:func:`~clipfood_assets.modeling.hub.base_model_source`), else by its folder. ``README.md`` is
+    ``card``, by default a Hub card of what is known when training ends (no metrics yet).
     """
     out_dir = Path(out_dir)
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
-    _name_base_model_portably(out_dir)
+    # Adapters never target embeddings (Linear layers only); "auto" would ask the Hub about a hub id.
+    peft_model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+    source = _name_base_model_portably(out_dir)
     shape = logit_scale_parameter(peft_model).shape
     scale = (logit_scale.detach() if torch.is_tensor(logit_scale) else torch.tensor(logit_scale))
     scale = scale.to("cpu", torch.float32).reshape(shape).clone()
@@ -172,6 +199,9 @@ def save_adapters(peft_model: PeftModel, out_dir: Path, logit_scale: float | tor
     (out_dir / LOGIT_SCALE_FILE).write_text(
         json.dumps({"logit_scale": value, "temperature": math.exp(-value)}, indent=2), encoding="utf-8"
     )
+    # Replaces peft's empty template.
+    (out_dir / "README.md").write_text(card or _training_card(source, adapter_method(peft_model), value),
+                                       encoding="utf-8")
     return out_dir
 
 

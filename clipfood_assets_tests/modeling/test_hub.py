@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 
 from clipfood_assets.modeling.clip import load_clip
@@ -89,3 +90,16 @@ def test_adapters_trained_on_a_copy_of_a_hub_model_load_elsewhere_by_its_hub_id(
 def test_adapters_of_a_model_that_is_not_on_the_hub_name_its_folder(tiny_model_dir, tmp_path):
     config = json.loads((_adapters(tiny_model_dir, tmp_path / "adapters") / "adapter_config.json").read_text())
     assert (config["base_model_name_or_path"], config["revision"]) == (str(tiny_model_dir), None)
+
+
+def test_the_adapters_card_is_a_hub_card_with_the_base_models_license(tiny_model_dir, tmp_path):
+    copy = local_copy(tmp_path / "copy", tiny_model_dir, card="---\nlicense: apache-2.0\n---\n# the base\n")
+    card = ModelCard.load(_adapters(copy, tmp_path / "adapters") / "README.md")
+    assert (card.data.base_model, card.data.library_name, card.data.license) == (HUB_ID, "peft", "apache-2.0")
+    assert card.data.base_model_relation == "adapter" and {"clip", "peft", "lora"} <= set(card.data.tags)
+    assert card.data.eval_results is None  # written when training ends: no test metrics yet, and it says so
+    assert "results_lora.json" in card.text and f'CLIPModel.from_pretrained("{HUB_ID}"' in card.text
+
+    offline = ModelCard.load(_adapters(tiny_model_dir, tmp_path / "offline") / "README.md")
+    assert (offline.data.base_model, offline.data.license) == (None, None)  # not a Hub model, no license
+    assert f"`{tiny_model_dir}` on the training machine (not a Hub model)" in offline.text

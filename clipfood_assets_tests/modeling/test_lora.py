@@ -14,8 +14,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
 
-from clipfood_assets_tests.plain_tools import run_plain_script
-
 from clipfood_assets.modeling.clip import load_clip
 from clipfood_assets.modeling.config import LoraSettings
 from clipfood_assets.modeling.embed import embed_images, embed_texts
@@ -28,6 +26,7 @@ from clipfood_assets.modeling.lora import (
     lora_target_modules,
     save_adapters,
 )
+from clipfood_assets_tests.plain_tools import run_plain_script
 
 
 def _vit_b32_on_meta() -> CLIPModel:
@@ -163,7 +162,7 @@ result = {"base_scale": base_scale, "scale": model.logit_scale.exp().item(), "lo
 
 
 def _trained_adapters(base_dir, out_dir, log_scale: float):
-    model, processor = load_clip(base_dir)
+    model, _ = load_clip(base_dir)
     adapted = apply_adapters(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0))
     with torch.no_grad():
         for name, parameter in adapted.named_parameters():
