@@ -140,11 +140,15 @@ class _Ranked:
 
 
 def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.device | str):
-    """``model`` (owned by the evaluation) made fast on ``device``: on CUDA in bf16 its
-    weights are cast to bf16 in place and, with ``evaluation.compile``, its towers compiled."""
+    """``model`` (owned by the evaluation) made fast on ``device``: in bf16 its frozen base is cast to
+    bf16 in place, adapters and ``logit_scale`` kept fp32 (the training's layout, so an unmerged
+    adapted model is evaluated as validation evaluated it) and, with ``evaluation.compile``, its
+    towers compiled."""
+    from clipfood_assets.modeling.lora import hold_base_in
+
     device = torch.device(device)
-    if device.type == "cuda" and resolve_precision(device, evaluation.precision) == "bf16":
-        model.to(torch.bfloat16)
+    if resolve_precision(device, evaluation.precision) == "bf16":
+        hold_base_in(model, torch.bfloat16)
     if compile_enabled(evaluation.compile, device):
         compile_towers(model)
     return model

@@ -236,3 +236,21 @@ def load_adapted_model(
         adapted = adapted.merge_and_unload()
     adapted.to(torch.device(device)).eval()
     return adapted, processor
+
+
+# --------------------------------------------------------------------------- bf16 compute layout
+
+
+def hold_base_in(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast the frozen base of a plain or peft-wrapped CLIP to ``dtype`` in place; the adapters and
+    ``logit_scale`` stay fp32. Training and evaluation both call it, so validation and the test
+    evaluation run the same weights the same way (unmerged: a delta merged before the cast is rounded
+    into bf16 weights, one the training never used). A bf16 round trip would also move a pretrained
+    ``logit_scale`` of 4.6052 to 4.59375 (a temperature of 98.9, not 100)."""
+    prefix = model.base_model.prefix if isinstance(model, PeftModel) else None
+    temperature = logit_scale_parameter(model)
+    for name, parameter in model.named_parameters():
+        if parameter is temperature or not parameter.is_floating_point() or (prefix and prefix in name):
+            continue
+        parameter.data = parameter.data.to(dtype)
+    return model

@@ -79,6 +79,7 @@ from clipfood_assets.modeling.lora import (
     apply_adapters,
     check_quantization,
     count_parameters,
+    hold_base_in,
     load_quantized_clip,
     logit_scale_parameter,
     save_adapters,
@@ -653,11 +654,14 @@ class _Run:
     def validate(self) -> dict[str, dict[str, float]]:
         from clipfood_assets.modeling.evaluate import validation_metrics
 
+        # In the training's precision: the model holds its weights in that layout.
+        evaluation = self.cfg.evaluation.model_copy(update={"precision": self.precision})
         self.model.eval()
         try:
             with torch.no_grad():
                 return validation_metrics(self.model, self.processor, self.validation_pairs, self.source,
-                                          cfg=self.cfg, device=self.device)
+                                          cfg=self.cfg.model_copy(update={"evaluation": evaluation}),
+                                          device=self.device)
         finally:
             self.model.train()
 
@@ -695,22 +699,25 @@ def _load_trainable_clip(base_model: str, cfg: ExperimentConfig, device: torch.d
                          precision: str) -> tuple[torch.nn.Module, object, torch.dtype]:
     """The base CLIP with adapters of ``cfg.peft.method``: (model, processor, frozen weights' dtype).
 
-    On CUDA in bf16 the frozen base is stored in bf16 (no per-step casts of fp32 weights under
-    autocast); adapters and the temperature stay fp32, as the optimizer needs.
+    In bf16 the frozen base is stored in bf16 (no per-step casts of fp32 weights under autocast),
+    the layout the evaluation uses too (:func:`~clipfood_assets.modeling.lora.hold_base_in`);
+    adapters and the temperature stay fp32, as the optimizer needs.
     """
     check_quantization(cfg.peft.quantization, device)
     model, processor = load_clip(base_model, device)
     if cfg.peft.quantization == "4bit":  # QLoRA: the frozen base in NF4 (CUDA; checked above)
         model = load_quantized_clip(base_model, device)
-    elif device.type == "cuda" and precision == "bf16":
-        model.to(torch.bfloat16)
-    frozen_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     if cfg.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = apply_adapters(model, cfg.lora, train_logit_scale=cfg.training.train_logit_scale, method=cfg.peft.method)
-    for parameter in model.parameters():
+    if cfg.peft.quantization == "none" and precision == "bf16":
+        hold_base_in(model, torch.bfloat16)
+    for parameter in model.parameters():  # QLoRA's preparation may hand over adapters in its compute dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
+    temperature = logit_scale_parameter(model)
+    frozen_dtype = next(p.dtype for p in model.parameters()
+                        if p.is_floating_point() and not p.requires_grad and p is not temperature)
     return model, processor, frozen_dtype
 
 
