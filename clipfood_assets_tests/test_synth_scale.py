@@ -16,7 +16,8 @@ from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_IMAGES_PREFIX, TRUSTED_ZONE
 from clipfood_assets.synthetic import SCALE_BASE_PHOTOS, SCALE_PHOTO_PX, scale_trusted_zone
 
-ADSDB_KEY = re.compile(r"^images/image\$adsdb\$\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\$([0-9a-f]{32})__([0-9a-f]{10})_(\d+)\.jpg$")
+ADSDB_KEY = re.compile(
+    r"^images/image\$adsdb\$\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\$([0-9a-f]{32})__([0-9a-f]{10})_(\d+)\.jpg$")
 
 
 def test_a_zone_at_scale_is_a_zone_the_data_zone_reads_whole(lake):

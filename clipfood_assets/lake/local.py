@@ -252,11 +252,10 @@ class LocalLake(Lake):
         """
         try:
             with os.scandir(directory) as entries:
-                names = (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name
-                         for e in entries if not e.name.startswith(_TMP_PREFIX))
-                if after:
-                    names = (n for n in names
-                             if n > after or (into_folder and n.endswith("/") and after.startswith(n)))
+                # One generator, no layers: this runs once per entry of a folder that may hold millions.
+                names = (n for e in entries if not e.name.startswith(_TMP_PREFIX)
+                         and ((n := e.name + "/" if e.is_dir(follow_symlinks=False) else e.name) > after
+                              or (into_folder and n.endswith("/") and after.startswith(n))))
                 return sorted(names) if limit is None else heapq.nsmallest(limit, names)
         except FileNotFoundError:
             return []

@@ -127,7 +127,8 @@ def test_a_recipes_change_is_noticed_in_the_next_tick_mid_pass(zone):
     assert "pass 36 %" in sensor.tick()
     zone.put_bytes(TRUSTED_ZONE, RECIPES_KEY, b'{"id": "0000000001", "title_text_raw": "Pea Soup"}\n')
     request = sensor.tick()
-    assert isinstance(request, dg.RunRequest) and "recipes.jsonl changed" in request.tags["clipfood/trusted_zone_change"]
+    assert isinstance(request, dg.RunRequest)
+    assert "recipes.jsonl changed" in request.tags["clipfood/trusted_zone_change"]
     assert request.tags[sensors.VERSION_TAG] == fingerprint_trusted_zone(zone).version
 
 
