@@ -16,6 +16,7 @@ import pandas as pd
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.lake.artifacts import Bundle, decode, encode, read_bundle, write_bundle
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, validate_run_key
+from clipfood_assets.lake.tables import write_table_package
 
 
 def zone_object(key: str, zone: str = FINE_TUNING_ZONE) -> dict[str, str]:
@@ -69,6 +70,7 @@ class ZoneIOManager(dg.ConfigurableIOManager):
         zone_lake.put_bytes(zone, key, data, content_type)
         meta: dict[str, Any] = {"uri": dg.MetadataValue.path(zone_lake.uri(zone, key)), "size_bytes": len(data)}
         if isinstance(obj, pd.DataFrame):
+            write_table_package(zone_lake, zone, key.rpartition("/")[0])  # its schema beside it, for other tools
             meta["dagster/row_count"] = len(obj)
         context.add_output_metadata(meta)
 

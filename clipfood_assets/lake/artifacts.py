@@ -22,8 +22,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound, object_content_type, validate_key
-from clipfood_assets.lake.tables import read_table, write_table
+from clipfood_assets.lake.base import (
+    Lake,
+    LakeError,
+    ObjectNotFound,
+    object_content_type,
+    validate_key,
+)
+from clipfood_assets.lake.tables import read_table, write_table, write_table_package
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -174,6 +180,9 @@ def write_bundle(lake: Lake, bucket: str, prefix: str, artifact: str, bundle: Bu
             info = lake.put_bytes(bucket, validate_key(prefix + name), data, ctype)
             written.append({"name": name, "size": len(data), "etag": info.etag,
                             "sha256": hashlib.sha256(data).hexdigest()})
+    # Each folder's table schemas beside its tables; not part of the artifact (other artifacts may share a folder).
+    for folder in sorted({(prefix + f["name"]).rpartition("/")[0] for f in written if f["name"].endswith(".csv")}):
+        write_table_package(lake, bucket, folder)
     return write_manifest(lake, bucket, prefix, artifact, written, bundle.metadata)
 
 

@@ -4,15 +4,23 @@ pandas guesses column types when it reads a CSV: the recipe ids ``01``, ``1`` an
 come back as the numbers 1.0, 1.0 and 1200.0, and a caption ``NA`` as a missing value. So
 nothing here guesses: every column an artifact may hold is declared once below, ids, keys,
 captions and other text are strings end to end, and both directions go through it.
+
+Readers without this package get the same schema from the lake: each folder of tables holds a
+``datapackage.json`` (a Frictionless Data Package, v2) describing every CSV in it with its Table
+Schema, generated from the declarations below.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
+
+from clipfood_assets.lake.base import Lake, ObjectInfo, ObjectNotFound
 
 TEXT = "str"
 
@@ -160,3 +168,85 @@ def read_table(data: bytes) -> pd.DataFrame:
         if column not in COLUMN_TYPES:
             typed[column] = frame[column]
     return typed[list(frame.columns)]
+
+
+DATA_PACKAGE = "datapackage.json"
+DATA_PACKAGE_PROFILE = "https://datapackage.org/profiles/2.0/datapackage.json"
+# Table Schema's type of each declared type.
+_FIELD_TYPES = {TEXT: "string", "int64": "integer", "Int64": "integer", "float64": "number"}
+# Rounds of "describe, then list again" a writer makes while other writers change the folder's tables.
+_PACKAGE_ROUNDS = 5
+
+
+def table_schema(columns: Iterable[str]) -> dict:
+    """The Frictionless Table Schema of a table with these columns, in their declared types.
+
+    As :func:`read_table` reads them: an empty cell is a missing number, never missing text ("" is
+    text); ``int64`` columns have a value in every row; undeclared columns are text.
+    """
+    fields = []
+    for column in columns:
+        kind = COLUMN_TYPES.get(column, TEXT)
+        field = {"name": column, "type": _FIELD_TYPES[kind]}
+        if kind == TEXT:
+            field["missingValues"] = []
+        elif kind == "int64":
+            field["constraints"] = {"required": True}
+        fields.append(field)
+    return {"fields": fields, "missingValues": [""]}
+
+
+def _header(lake: Lake, bucket: str, key: str) -> list[str]:
+    with lake.open(bucket, key) as stream:
+        head = b""
+        while b"\n" not in head and (chunk := stream.read(1 << 16)):
+            head += chunk
+    return next(csv.reader([head.split(b"\n", 1)[0].decode("utf-8")]), [])
+
+
+def _resource_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-") or "table"
+
+
+def write_table_package(lake: Lake, bucket: str, folder: str) -> dict:
+    """Write ``<folder>/datapackage.json``, describing every CSV directly in ``folder`` (the columns of its
+    header, in their declared types); returns the package.
+
+    Tables of one folder may be written at once (the image and title embeddings' quarantines): a writer
+    lists the folder again after writing the package and rewrites it while the tables changed, so the
+    last package written describes them all.
+    """
+    folder = folder.strip("/") + "/" if folder.strip("/") else ""
+
+    def tables() -> list[tuple[str, str]]:
+        return sorted((o.key, o.etag) for o in lake.list(bucket, folder)
+                      if o.key.endswith(".csv") and "/" not in o.key[len(folder):])
+
+    def resource(key: str) -> dict | None:
+        try:
+            columns = _header(lake, bucket, key)
+        except ObjectNotFound:  # deleted since the listing: the next listing says so
+            return None
+        name = key[len(folder):]
+        return {"name": _resource_name(name.removesuffix(".csv")), "path": name, "type": "table", "format": "csv",
+                "mediatype": "text/csv", "encoding": "utf-8", "schema": table_schema(columns)}
+
+    listed = tables()
+    for _ in range(_PACKAGE_ROUNDS):
+        resources = [r for r in (resource(key) for key, _ in listed) if r is not None]
+        package = {"$schema": DATA_PACKAGE_PROFILE, "name": _resource_name(f"{bucket}-{folder}"),
+                   "resources": resources}
+        lake.put_bytes(bucket, folder + DATA_PACKAGE, json.dumps(package, indent=2).encode("utf-8"),
+                       "application/json")
+        again = tables()
+        if again == listed:
+            break
+        listed = again
+    return package
+
+
+def put_table(lake: Lake, bucket: str, key: str, frame: pd.DataFrame) -> ObjectInfo:
+    """Store ``frame`` as the CSV ``key`` (:func:`write_table`), then its folder's ``datapackage.json``."""
+    info = lake.put_bytes(bucket, key, write_table(frame), "text/csv")
+    write_table_package(lake, bucket, key.rpartition("/")[0])
+    return info

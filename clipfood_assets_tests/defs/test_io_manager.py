@@ -1,5 +1,6 @@
 """The zone I/O manager round-trips every artifact type through a real lake, and pickles nothing."""
 
+import json
 
 import dagster as dg
 import pandas as pd
@@ -70,6 +71,11 @@ def test_round_trip_every_type_and_partitions_stay_apart(tmp_path, monkeypatch):
         data = lake.get_bytes(FINE_TUNING_ZONE, key)
         assert not data.startswith(b"\x80"), f"{key} looks pickled"
     assert lake.get_bytes(FINE_TUNING_ZONE, "experiments/x/config.yaml").startswith(b"lora:")
+    # A table's schema lands beside it (lake/tables.py's datapackage.json); a folder without tables has none.
+    package = json.loads(lake.get_bytes(FINE_TUNING_ZONE, "datasets/datapackage.json"))
+    assert [(r["path"], [f["name"] for f in r["schema"]["fields"]]) for r in package["resources"]] == [
+        ("table.csv", ["recipe_id", "caption"])]
+    assert "experiments/x/datapackage.json" not in keys
 
 
 def test_reading_a_half_written_artifact_fails(tmp_path, monkeypatch):

@@ -84,3 +84,24 @@ def test_with_minio_endpoint_the_demo_layout_lands_in_the_buckets(tmp_path, monk
     assert NOTEBOOK_FILES <= keys
     assert {run_prefix("s3run") + f for f in RUN_FILES} <= keys
     assert any(k.startswith("images/") for k in keys) and any(k.startswith("augmented_images/") for k in keys)
+
+    # Every object carries the Content-Type of what it is (MinIO's console and browsers go by it).
+    from clipfood_assets.lake.base import object_content_type
+
+    for bucket in ("trusted-zone", "fine-tuning-zone"):
+        for page in paginator.paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                got = s3.head_object(Bucket=bucket, Key=obj["Key"])["ContentType"]
+                assert got == object_content_type(obj["Key"]), (bucket, obj["Key"], got)
+
+    # The datasets' schemas beside them: frictionless validates a downloaded copy of the folder.
+    import frictionless
+
+    folder = tmp_path / "datasets"
+    for key in (k for k in keys if k.startswith("datasets/")):
+        s3_lake.get_file("fine-tuning-zone", key, folder / key.removeprefix("datasets/"))
+    package = frictionless.Package(str(folder / "datapackage.json"))
+    assert {r.path for r in package.resources} == {k.removeprefix("datasets/") for k in keys
+                                                  if k.startswith("datasets/") and k.endswith(".csv")}
+    report = package.validate()
+    assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
