@@ -112,7 +112,8 @@ class ClipfoodSettings(BaseSettings):
     sensor_seconds_per_tick: float = Field(
         default=3.0, validation_alias=SENSOR_SECONDS_ENV,
         description="Seconds the trusted-zone sensor lists per tick before it pauses its pass over the zone "
-        "(resumed next tick); not a positive number: the default, 3.",
+        "(resumed next tick), half of them at least after the listing's first object; not a positive number: "
+        "the default, 3.",
     )
     sensor_objects_per_tick: int = Field(
         default=200_000, validation_alias=SENSOR_OBJECTS_ENV,

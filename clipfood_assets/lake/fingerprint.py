@@ -56,15 +56,22 @@ class ImagesPass:
         self.size += obj.size
         self.after = obj.key
 
-    def advance(self, lake: Lake, limit: int | None = None, deadline: float | None = None,
+    def advance(self, lake: Lake, limit: int | None = None, seconds: float | None = None,
                 bucket: str = TRUSTED_ZONE, prefix: str = TRUSTED_IMAGES_PREFIX) -> bool:
-        """Fold in the objects after ``after``: at most ``limit``, and none after ``deadline`` (a
-        ``time.monotonic()`` value) has passed. True when the listing reached the end of the zone."""
-        listed = 0
+        """Fold in the objects after ``after``: at most ``limit``, for about ``seconds``. True when the
+        listing reached the end of the zone.
+
+        The time counts from the call, but at least half of it is left for listing after the first object:
+        a listing that is slow to start (the local lake scans a folder whole before it yields, a million
+        photos in a second or more) still moves the pass on by a useful share.
+        """
+        listed, start, stop = 0, time.monotonic(), None
         for obj in lake.list(bucket, prefix, start_after=self.after, limit=limit):
+            if seconds is not None and stop is None:
+                stop = max(start + seconds, time.monotonic() + seconds / 2)
             self.add(obj)
             listed += 1
-            if deadline is not None and time.monotonic() >= deadline:
+            if stop is not None and time.monotonic() >= stop:
                 return False  # the next call finds out whether anything is left
         return limit is None or listed < limit
 

@@ -36,10 +36,10 @@ def test_a_pass_resumed_in_pieces_through_json_gives_the_digest_of_one_listing(l
     assert fingerprint_trusted_zone(lake).images_digest == whole[0]
 
 
-def test_a_deadline_already_past_still_moves_the_pass_by_one_object(lake):
+def test_a_budget_of_no_time_still_moves_the_pass_by_one_object(lake):
     _fill(lake, n=3)
     listing, ticks = ImagesPass(), 0
-    while not listing.advance(lake, limit=100, deadline=0.0):
+    while not listing.advance(lake, limit=100, seconds=0.0):
         ticks += 1
         assert listing.n == ticks
     assert listing.digest == images_digest(lake)[0]
@@ -66,3 +66,24 @@ def test_every_kind_of_change_moves_the_digest(lake):
     lake.put_bytes(TRUSTED_ZONE, a, body_b)
     lake.put_bytes(TRUSTED_ZONE, b, body_a)
     assert images_digest(lake)[0] not in seen
+
+
+def test_a_listing_slow_to_start_still_gets_half_the_time_after_its_first_object(monkeypatch):
+    from clipfood_assets.lake import fingerprint
+    from clipfood_assets.lake.base import ObjectInfo
+
+    clock = [0.0]
+    monkeypatch.setattr(fingerprint.time, "monotonic", lambda: clock[0])
+
+    class SlowStart:
+        """A folder scanned whole before the first name (10 s), then one object a second."""
+
+        def list(self, bucket, prefix, start_after="", limit=None):
+            clock[0] += 10
+            for i in range(100):
+                yield ObjectInfo(bucket, f"{prefix}{i:03d}.jpg", 1, "e")
+                clock[0] += 1
+
+    listing = ImagesPass()
+    assert not listing.advance(SlowStart(), limit=1000, seconds=4)
+    assert listing.n == 3  # objects at 10, 11 and 12 s: half of the 4 s after the first one

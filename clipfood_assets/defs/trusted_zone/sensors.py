@@ -2,7 +2,7 @@
 
 A tick's work is bounded whatever the zone's size. recipes.jsonl is one stat. The images are listed
 by a pass that goes on across ticks: each tick lists at most CLIPFOOD_SENSOR_OBJECTS_PER_TICK objects
-for at most CLIPFOOD_SENSOR_SECONDS_PER_TICK seconds and leaves in the cursor where it stopped and the
+for about CLIPFOOD_SENSOR_SECONDS_PER_TICK seconds and leaves in the cursor where it stopped and the
 digest so far (an ImagesPass, ~300 bytes). A pass that completes gives exactly the version
 fingerprint_trusted_zone gives, the one the data zone records. A change to an image is therefore
 seen within two passes: the rest of the current one, and the next, when the pass had gone past it.
@@ -166,7 +166,7 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
     listing = ImagesPass.from_dict(under_way) if under_way else ImagesPass()
     pass_started = under_way["started"] if under_way else now
     before_n = listing.n
-    complete = listing.advance(zone_lake, settings.sensor_objects_per_tick, tick_start + budget)
+    complete = listing.advance(zone_lake, settings.sensor_objects_per_tick, tick_start + budget - time.monotonic())
     known = state.get("zone")  # the fingerprint of the last tick that had one
     progress = _progress(listing, complete, listing.n - before_n, time.monotonic() - tick_start, known)
     if complete:
