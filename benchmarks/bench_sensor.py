@@ -11,9 +11,10 @@ ETag. This script builds a trusted zone of N objects twice:
 
 For each it prints seconds, objects/s and peak RSS of this process next to a reference
 measured on the same zone in the same run (the bare client listing for S3, a bare
-os.scandir + stat for the local lake), and the 30 s target. Finally it evaluates the real
-Dagster sensor (`trusted_zone_sensor`) twice against the S3 server: a first observation
-(RunRequest) and an unchanged zone (SkipReason).
+os.scandir + stat for the local lake), and the 30 s target. Finally it ticks the real Dagster
+sensor (`trusted_zone_sensor`, whose passes go on across ticks of bounded work) against the S3
+server: its first pass until it requests a refresh (RunRequest), then an unchanged pass
+(SkipReason). benchmarks/bench_scale.py measures the sensor from 10,000 to 1,000,000 objects.
 
 Peak RSS is per phase (reset through /proc/self/clear_refs where the kernel allows it), with
 its rise over the RSS at the start of the phase: a streamed listing keeps that rise flat.
@@ -166,27 +167,51 @@ def bench_s3(n: int, repeats: int, dagster: bool) -> None:
               f"{sensor.cpu_seconds:.1f} s of {sensor.seconds:.1f} s, the rest is the server answering "
               f"{-(-n // 1000)} ListObjectsV2 pages (moto scans and sorts the whole bucket for every page)")
         if dagster:
-            bench_dagster_sensor(server.env(), n, sensor.result.images_digest)
+            bench_dagster_sensor(server.env(), n, sensor.result.version)
     finally:
         server.stop()
 
 
-def bench_dagster_sensor(env: dict[str, str], n: int, images_digest: str) -> None:
+def bench_dagster_sensor(env: dict[str, str], n: int, version: str) -> None:
+    """The Dagster sensor's bounded ticks over the same zone: its first pass (ticks until the refresh is
+    requested, with the version of the one-go fingerprint above), then an unchanged pass."""
     import dagster as dg
 
     from clipfood_assets.defs.resources import LakeResource
-    from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor
+    from clipfood_assets.defs.trusted_zone.sensors import VERSION_TAG, trusted_zone_sensor
 
     os.environ.update(env)
-    first_ctx = dg.build_sensor_context(cursor=None, resources={"lake": LakeResource()})
-    first = measure(lambda: trusted_zone_sensor(first_ctx), 1)
-    assert isinstance(first.result, dg.RunRequest) and images_digest[:16] in first.result.run_key, first.result
-    again_ctx = dg.build_sensor_context(cursor=first_ctx.cursor, resources={"lake": LakeResource()})
-    again = measure(lambda: trusted_zone_sensor(again_ctx), 1)
-    assert isinstance(again.result, dg.SkipReason), again.result
-    print("Dagster trusted_zone_sensor (S3 via LakeResource, env MINIO_ENDPOINT), one evaluation each:")
-    row("first observation -> RunRequest", n, first)
-    row("unchanged zone -> SkipReason", n, again)
+    instance, cursor = dg.DagsterInstance.ephemeral(), None
+
+    def tick():
+        nonlocal cursor
+        context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"lake": LakeResource()})
+        result = trusted_zone_sensor(context)
+        cursor = context.cursor
+        return result
+
+    def first_pass():
+        ticks = []
+        while True:
+            ticks.append(measure(tick, 1))
+            result = ticks[-1].result
+            if isinstance(result, dg.SensorResult) and result.run_requests:
+                assert result.run_requests[0].tags[VERSION_TAG] == version, result.run_requests[0].tags
+                return ticks
+
+    def unchanged_pass():
+        ticks = []
+        while not ticks or "pass complete" not in ticks[-1].result.skip_reason.skip_message:
+            ticks.append(measure(tick, 1))
+            assert not ticks[-1].result.run_requests
+        return ticks
+
+    print("Dagster trusted_zone_sensor (S3 via LakeResource, env MINIO_ENDPOINT), ticked with its cursor:")
+    passes = [("first pass -> RunRequest", first_pass()), ("unchanged pass -> SkipReason", unchanged_pass())]
+    for label, ticks in passes:
+        slowest = max(ticks, key=lambda phase: phase.seconds)
+        print(f"  {label:32s} {len(ticks):4d} ticks, {sum(t.seconds for t in ticks):7.2f} s in all, slowest tick "
+              f"{slowest.seconds:5.2f} s, peak RSS {max(t.peak_rss for t in ticks):4.0f} MB")
 
 
 def bench_local(n: int, repeats: int, tmp_dir: str | None) -> None:
