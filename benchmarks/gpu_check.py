@@ -221,8 +221,9 @@ def full_fine_tune(base: Path, run, timed: int) -> dict:
             image = model.get_image_features(pixel_values=pixels).pooler_output
             text = model.get_text_features(input_ids=micro.text_ids.to(device, non_blocking=True),
                                            attention_mask=micro.text_mask.to(device, non_blocking=True)).pooler_output
-        loss = contrastive_loss(image, text[: micro.n_pairs], model.logit_scale, recipe_ids=micro.pair_codes,
-                                negative_text_emb=text[micro.n_pairs:], negative_recipe_ids=micro.negative_codes)
+        n, captions = micro.n_pairs, micro.n_pairs + len(micro.negative_codes)  # rows past these: padding
+        loss = contrastive_loss(image[:n], text[:n], model.logit_scale, recipe_ids=micro.pair_codes,
+                                negative_text_emb=text[n:captions], negative_recipe_ids=micro.negative_codes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

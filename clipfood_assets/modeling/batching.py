@@ -148,7 +148,9 @@ class TokenCache:
 
 @dataclass
 class MicroBatch:
-    """One forward pass's inputs (CPU tensors, pinned when the step runs on CUDA)."""
+    """One forward pass's inputs (CPU tensors, pinned when the step runs on CUDA). With a ``pad_multiple``
+    (compiled towers) the rows of both towers are padded with copies of the first: only the first
+    ``n_pairs`` images and ``n_pairs + len(negative_codes)`` captions count."""
 
     pixels: torch.Tensor | None  # uint8 [m, 3, H, W]; None: read from a device-resident table by image_keys
     image_keys: list[str]
@@ -224,7 +226,11 @@ class StepBuilder:
                     for caption, recipe in pairs.negatives_by_image.get(key, ()):
                         negative_captions.append(caption)
                         negative_recipes.append(recipe)
-            ids, mask = self.tokens.batch([str(c) for c in pairs.captions[idx]] + negative_captions, self.pad_multiple)
+            texts = [str(c) for c in pairs.captions[idx]] + negative_captions
+            if self.pad_multiple:  # rows too: a short step's micro-batch of 1 would be a graph of its own
+                keys = keys + keys[:1] * (-len(keys) % self.pad_multiple)
+                texts = texts + texts[:1] * (-len(texts) % self.pad_multiple)
+            ids, mask = self.tokens.batch(texts, self.pad_multiple)
             pixels = self._pinned(self.images.get(keys)) if self.images is not None else None
             micros.append(MicroBatch(
                 pixels=pixels, image_keys=keys, text_ids=self._pinned(ids), text_mask=self._pinned(mask),

@@ -1,12 +1,28 @@
-"""Loading CLIP (hub id or local directory, one code path), devices and mixed precision."""
+"""Loading CLIP (hub id or local directory, one code path), devices, mixed precision and compiled towers."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
 from transformers import CLIPModel, CLIPProcessor
+
+logger = logging.getLogger(__name__)
+
+# torch.compile backend of compile_towers. Tests swap in "aot_eager" (and gpu_check --compile-backend any):
+# dynamo's graphs, guards and recompiles are the same, without generating kernels.
+COMPILE_BACKEND = "inductor"
+# Rows of a compiled tower's batch come in multiples of this, so no batch is ever 1 row: dynamo specialises
+# a size of 1 into a graph of its own even on a dimension marked dynamic.
+PAD_ROWS = 8
+# Graphs dynamo may keep per code object (its default, 8, is spent by one run). Both towers run the one
+# transformers wrapper and so share its cache: per model, training with grad, the feature cache's no-grad
+# pass and evaluation for each tower make 6, and every model a process compiles adds its own (a run's,
+# an evaluation's; gpu_check compiles 8). Shapes add none: batch and caption length are dynamic from the
+# first call. The test of a run and of gpu_check's sequence counts them (test_compile.py).
+RECOMPILE_LIMIT = 64
 
 _OFFLINE_HELP = (
     "Could not load CLIP model {name!r}: the model hub is unreachable and no local copy exists "
@@ -128,14 +144,63 @@ def compile_enabled(setting: str, device: torch.device | str) -> bool:
 
 def compile_towers(model) -> None:
     """``torch.compile`` the vision and text towers of a plain or peft-wrapped CLIP in place
-    (parameter names unchanged, so adapters save and checkpoints load as in eager mode)."""
-    import torch._inductor.config as inductor_config
+    (parameter names unchanged, so adapters save and checkpoints load as in eager mode).
 
-    # Random ops from eager kernels: dropout masks then come from torch's generator, so the
-    # feature cache's replay (which restores its state) draws the same masks.
-    inductor_config.fallback_random = True
+    Call them inside :func:`compiled_region` with inputs from :func:`dynamic_rows`: one graph per tower
+    and mode for every batch size and caption length."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Random ops from eager kernels when the model has any: dropout masks then come from torch's
+    # generator, so the feature cache's replay (which restores its state) draws the same masks. An option
+    # of these two compiles, not inductor's process-wide config.
+    options = {"fallback_random": True} if COMPILE_BACKEND == "inductor" and _has_dropout(base) else None
     for tower in (base.vision_model, base.text_model):
-        # Default dynamism: a second batch shape (the text batch varies with the labelled
-        # negatives, an epoch's last step is short) compiles one shape-generic graph.
-        tower.compile()
+        tower.compile(backend=COMPILE_BACKEND, options=options)
+
+
+def _has_dropout(model) -> bool:
+    attention = (getattr(c, "attention_dropout", 0.0) for c in (model.config.text_config, model.config.vision_config))
+    return any(attention) or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def towers_compiled(model) -> bool:
+    """Whether :func:`compile_towers` compiled this (plain or peft-wrapped) CLIP's towers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.vision_model, "_compiled_call_impl", None) is not None
+
+
+def dynamic_rows(tensor: torch.Tensor, dynamic_dims: tuple[int, ...] = (0,)) -> torch.Tensor:
+    """``tensor`` for a compiled tower: its first row repeated up to a multiple of :data:`PAD_ROWS` rows
+    (the caller drops the extra outputs) and ``dynamic_dims`` marked dynamic before the first compile."""
+    import torch._dynamo
+
+    extra = -tensor.shape[0] % PAD_ROWS
+    if extra:
+        tensor = torch.cat([tensor, tensor[:1].expand(extra, *tensor.shape[1:])])
+    torch._dynamo.mark_dynamic(tensor, list(dynamic_dims))
+    return tensor
+
+
+@contextlib.contextmanager
+def compiled_region(what: str):
+    """Where compiled towers run: room for every graph a process makes (:data:`RECOMPILE_LIMIT`), an error
+    instead of dynamo's silent fall-back to eager (2-3x slower, nothing said) when the room runs out, and
+    a warning naming graph breaks. Scoped: dynamo's settings are restored on the way out."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    breaks = sum(counters["graph_break"].values())
+    try:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True,
+                                        suppress_errors=False):
+            yield
+    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        raise RuntimeError(
+            f"torch.compile ran out of room for graphs in {what} ({RECOMPILE_LIMIT} per code object) and would "
+            "go on in eager mode, 2-3x slower; TORCH_LOGS=recompiles names the inputs that keep recompiling. "
+            "Set training.compile / evaluation.compile to off to run eager on purpose"
+        ) from exc
+    added = sum(counters["graph_break"].values()) - breaks
+    if added:
+        reasons = ", ".join(list(counters["graph_break"])[-3:])
+        logger.warning("torch.compile split %s at %d graph break(s) (%s): the pieces between them run compiled, "
+                       "the breaks in Python", what, added, reasons)

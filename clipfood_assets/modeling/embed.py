@@ -7,6 +7,7 @@ normalisation to the model's mean/std happens on the device, batch-wise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 
 from clipfood_assets.data.decode import DECODER_VERSION, decode_rgb
-from clipfood_assets.modeling.clip import autocast_context
+from clipfood_assets.modeling.clip import autocast_context, compiled_region, dynamic_rows, towers_compiled
 from clipfood_assets.modeling.efficiency import (
     available_cores,
     peak_memory,
@@ -221,11 +222,13 @@ def embed_images(
     else:
         batches = iter_uint8_batches(keys, images, preprocessor, batch_size=batch_size,
                                      workers=workers or default_decode_workers())
-    for uint8_batch in batches:
-        pixels = preprocessor.normalize(uint8_batch.to(device, non_blocking=True))
-        with autocast_context(device, precision):
-            features = model.get_image_features(pixel_values=pixels).pooler_output
-        chunks.append(_l2_normalised(features))
+    compiled = towers_compiled(model)
+    with compiled_region("the image embedding") if compiled else contextlib.nullcontext():
+        for uint8_batch in batches:
+            pixels = preprocessor.normalize(uint8_batch.to(device, non_blocking=True))
+            with autocast_context(device, precision):
+                features = model.get_image_features(pixel_values=dynamic_rows(pixels) if compiled else pixels)
+            chunks.append(_l2_normalised(features.pooler_output[:len(pixels)]))
     synchronize(device)
     seconds = time.perf_counter() - start
     dim = model.config.projection_dim
@@ -269,11 +272,16 @@ def embed_texts(
     reset_peak_memory(device)
     start = time.perf_counter()
     chunks = []
-    for first in range(0, len(texts), batch_size):
-        inputs = tokenize(tokenizer, texts[first:first + batch_size], max_length, device)
-        with autocast_context(device, precision):
-            features = model.get_text_features(**inputs).pooler_output
-        chunks.append(_l2_normalised(features))
+    compiled = towers_compiled(model)
+    with compiled_region("the caption embedding") if compiled else contextlib.nullcontext():
+        for first in range(0, len(texts), batch_size):
+            inputs = tokenize(tokenizer, texts[first:first + batch_size], max_length, device)
+            rows = len(inputs["input_ids"])
+            if compiled:
+                inputs = {name: dynamic_rows(tensor, (0, 1)) for name, tensor in inputs.items()}
+            with autocast_context(device, precision):
+                features = model.get_text_features(**inputs).pooler_output
+            chunks.append(_l2_normalised(features[:rows]))
     synchronize(device)
     seconds = time.perf_counter() - start
     dim = model.config.projection_dim

@@ -18,13 +18,13 @@ gathered global batch (:mod:`clipfood_assets.modeling.distributed`): same result
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -52,10 +52,13 @@ from clipfood_assets.modeling.checkpoint import (
     save_checkpoint,
 )
 from clipfood_assets.modeling.clip import (
+    PAD_ROWS,
     autocast_context,
     compile_enabled,
     compile_towers,
+    compiled_region,
     describe_device,
+    dynamic_rows,
     load_clip,
     resolve_precision,
 )
@@ -170,7 +173,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingSettings
                          num_training_steps=total_steps)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _deterministic(device: torch.device):
     """Deterministic kernels on the CPU (bit-for-bit reruns and resumes).  On CUDA the seeds
     are fixed but kernels may be non-deterministic: the deterministic mode fills every new
@@ -475,7 +478,7 @@ class _Run:
             self.pairs, StepSharding(self.world, micro_batch), self.tokens,
             None if self.resident is not None else self.source, with_negatives=self.with_negatives,
             feature_cache=training.accumulation == "feature_cache", mask_same_recipe=training.mask_same_recipe,
-            pad_multiple=8 if compile_enabled(training.compile, self.device) else None,
+            pad_multiple=PAD_ROWS if compile_enabled(training.compile, self.device) else None,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -522,13 +525,15 @@ class _Run:
         device = self.device
         pixels = micro.pixels if micro.pixels is not None else self.resident.get(micro.image_keys)
         pixels = self.preprocessor.normalize(pixels.to(device, non_blocking=True))
+        ids = micro.text_ids.to(device, non_blocking=True)
+        mask = micro.text_mask.to(device, non_blocking=True)
+        if self.compiled:  # rows already padded by the builder; batch and caption length dynamic
+            pixels, ids, mask = dynamic_rows(pixels), dynamic_rows(ids, (0, 1)), dynamic_rows(mask, (0, 1))
         with autocast_context(device, self.precision):
             image = self.model.get_image_features(pixel_values=pixels).pooler_output
-            text = self.model.get_text_features(
-                input_ids=micro.text_ids.to(device, non_blocking=True),
-                attention_mask=micro.text_mask.to(device, non_blocking=True),
-            ).pooler_output
-        return {"image": image, "text": text[: micro.n_pairs], "negative": text[micro.n_pairs:]}
+            text = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        n_pairs, n_captions = micro.n_pairs, micro.n_pairs + len(micro.negative_codes)
+        return {"image": image[:n_pairs], "text": text[:n_pairs], "negative": text[n_pairs:n_captions]}
 
     def loss_fn(self, features: dict[str, torch.Tensor], micros: Sequence[MicroBatch]) -> torch.Tensor:
         device, training = self.device, self.cfg.training
@@ -549,6 +554,10 @@ class _Run:
 
     def optimizer_step(self, step: Step) -> torch.Tensor:
         """One optimizer step over ``step``; the loss stays on the device (no host sync)."""
+        with compiled_region("the training step") if self.compiled else contextlib.nullcontext():
+            return self._optimizer_step(step)
+
+    def _optimizer_step(self, step: Step) -> torch.Tensor:
         training, scaler = self.cfg.training, self.scaler
         scale_loss = scaler.scale if scaler.is_enabled() else None
         params = list(self.trainable.values())
