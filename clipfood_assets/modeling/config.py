@@ -11,7 +11,7 @@ import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,6 +32,10 @@ LossKind = Literal["clip", "clip_hard_negatives", "siglip"]
 CPU_MICRO_BATCH = 2
 # Evaluation batch of batch_size auto: large on CUDA (the model's speed), cache-sized elsewhere.
 CUDA_EVAL_BATCH, CPU_EVAL_BATCH = 512, 32
+# lora_dropout auto. On CUDA none: by the GPU review's paper estimate peft's dropout costs ~9 of ~95 ms of a
+# ViT-B/32 step at batch 1024 (not measured on a GPU yet; gpu_check.py times both). Elsewhere the
+# notebooks' 0.05, which the CPU demo's figures were measured with.
+CUDA_LORA_DROPOUT, CPU_LORA_DROPOUT = 0.0, 0.05
 
 
 class _Section(BaseModel):
@@ -43,16 +47,35 @@ class ModelConfig(_Section):
                       description="Hugging Face hub id or local directory of a CLIP model (safetensors)")
 
 
+def _on_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
 class LoraSettings(_Section):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
+        "auto", description=f"Dropout on each adapter's input. auto: {CUDA_LORA_DROPOUT} on CUDA (there it is four "
+                            "unfused passes per layer over the input, ~10 % of a step), "
+                            f"{CPU_LORA_DROPOUT} elsewhere (the notebooks')",
+    )
+    fp32_inputs: bool = Field(
+        False, description="peft copies each adapter's input to the adapters' fp32 first; under bf16 autocast the "
+                           "adapter's matmul casts it straight back, so false (inputs stay in the compute dtype) "
+                           "saves the copy for the same result without dropout",
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1,
         description="Linear layer names (last component of the module path) that get adapters",
     )
     scope: Literal["both", "vision", "text"] = Field("both", description="Which tower(s) get adapters")
     bias: Literal["none"] = "none"
+
+    def dropout_on(self, device) -> float:
+        """The dropout in effect on ``device`` (a torch.device or its name)."""
+        if self.lora_dropout != "auto":
+            return self.lora_dropout
+        return CUDA_LORA_DROPOUT if _on_cuda(device) else CPU_LORA_DROPOUT
 
 
 class TrainingSettings(_Section):
@@ -76,6 +99,10 @@ class TrainingSettings(_Section):
                                    description="Share of the free CUDA memory batch_size auto may plan for")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the two towers: auto = on CUDA only (CPU runs stay eager)"
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="cuDNN times its kernels for the step's shapes (the patch-embedding convolution) and keeps "
+                          "the fastest; set for each training step and restored after, never process-wide",
     )
     accumulation: Literal["feature_cache", "per_micro_batch"] = Field(
         "feature_cache",
@@ -160,7 +187,7 @@ class EvaluationSettings(_Section):
         """The batch size in effect on ``device`` (a torch.device or its name)."""
         if isinstance(self.batch_size, int):
             return self.batch_size
-        return CUDA_EVAL_BATCH if str(device).startswith("cuda") else CPU_EVAL_BATCH
+        return CUDA_EVAL_BATCH if _on_cuda(device) else CPU_EVAL_BATCH
 
     @field_validator("recall_at")
     @classmethod
@@ -191,6 +218,12 @@ class ExperimentConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+
+    def on_device(self, device) -> ExperimentConfig:
+        """This config with the choices ``auto`` leaves to the device made (``lora.lora_dropout``): what a run
+        on ``device`` computes, fingerprints and records."""
+        lora = self.lora.model_copy(update={"lora_dropout": self.lora.dropout_on(device)})
+        return self.model_copy(update={"lora": lora})
 
 
 def deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -144,11 +144,12 @@ def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.d
     bf16 in place, adapters and ``logit_scale`` kept fp32 (the training's layout, so an unmerged
     adapted model is evaluated as validation evaluated it) and, with ``evaluation.compile``, its
     towers compiled."""
-    from clipfood_assets.modeling.lora import hold_base_in
+    from clipfood_assets.modeling.lora import cast_adapter_inputs, hold_base_in
 
     device = torch.device(device)
     if resolve_precision(device, evaluation.precision) == "bf16":
         hold_base_in(model, torch.bfloat16)
+        cast_adapter_inputs(model, False)  # no dropout in evaluation: the same numbers, one copy fewer
     if compile_enabled(evaluation.compile, device):
         compile_towers(model)
     return model

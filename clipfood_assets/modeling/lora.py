@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPProcessor
@@ -69,15 +70,14 @@ def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: str) ->
     names = lora_target_modules(model, lora_cfg)
     layer_pattern = "|".join(sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n in names}))
     targets = f"^(?:{layer_pattern})$"
+    dropout = lora_cfg.dropout_on(next(model.parameters()).device)  # auto: none on CUDA
     if method in ("lora", "dora"):
-        return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.lora_alpha, lora_dropout=lora_cfg.lora_dropout,
+        return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.lora_alpha, lora_dropout=dropout,
                           target_modules=targets, bias=lora_cfg.bias, use_dora=method == "dora")
     if method == "loha":
-        return LoHaConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=lora_cfg.lora_dropout,
-                          target_modules=targets)
+        return LoHaConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=dropout, target_modules=targets)
     if method == "lokr":
-        return LoKrConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=lora_cfg.lora_dropout,
-                          target_modules=targets)
+        return LoKrConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=dropout, target_modules=targets)
     if method == "ia3":
         # (IA)^3 learns one scaling vector per layer: no rank, alpha or dropout. Attention
         # projections are scaled on their output (no feed-forward layers among the targets).
@@ -254,3 +254,12 @@ def hold_base_in(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
             continue
         parameter.data = parameter.data.to(dtype)
     return model
+
+
+def cast_adapter_inputs(model: torch.nn.Module, enabled: bool) -> None:
+    """Whether peft copies each adapter's input to the adapters' dtype (fp32) before using it
+    (``lora.fp32_inputs``). Under bf16 autocast the adapter's matmul casts that copy straight back to
+    bf16: without it the input stays in the compute dtype, one pass over it saved per projection."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = enabled

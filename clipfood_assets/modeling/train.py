@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -80,6 +81,7 @@ from clipfood_assets.modeling.embed import ImagePreprocessor, text_max_length
 from clipfood_assets.modeling.images import DecodedImages, ImageSource, LoadImage
 from clipfood_assets.modeling.lora import (
     apply_adapters,
+    cast_adapter_inputs,
     check_quantization,
     count_parameters,
     hold_base_in,
@@ -110,6 +112,7 @@ class TrainResult:
     """What a training run produced and what it cost."""
 
     adapter_dir: Path
+    config: ExperimentConfig  # as trained: the choices auto left to the device made
     training_logs: dict
     trainable_parameters: int
     total_parameters: int
@@ -130,6 +133,7 @@ class TrainState:
     batch_in_epoch: int = 0  # steps of the current epoch finished
     elapsed_s: float = 0.0  # training-step wall time (validation and checkpoints excluded)
     pairs_seen: int = 0
+    micro_batch: int = 0  # pairs per forward pass: a resumed batch_size auto keeps it
     epoch_loss_sum: float = 0.0
     epoch_steps: int = 0
     epoch_time_s: float = 0.0
@@ -198,12 +202,12 @@ def _seed_everything(seed: int) -> None:
 
 def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPairs,
                      validation_pairs: pd.DataFrame | None = None) -> str:
-    # Knobs that change how, not what, is computed are left out, so a run resumes on another
-    # device (another auto micro-batch) or with checkpointing toggled: checkpoint cadence,
-    # workers, the micro-batch of the feature cache (same loss and gradients), compilation,
-    # gradient checkpointing.
+    # Knobs that change how, not what, is computed are left out, so a run resumes with checkpointing
+    # toggled or another compile setting: checkpoint cadence, workers, compilation, gradient
+    # checkpointing, cuDNN autotuning. The feature cache's micro-batch joins as the number in effect
+    # (_with_micro_batch), not as configured: an auto one is the number the run started with.
     update = {"checkpoint_every_steps": 1, "keep_checkpoints": 1, "num_workers": 0, "memory_fraction": 0.7,
-              "compile": "auto", "gradient_accumulation_steps": None}
+              "compile": "auto", "cudnn_benchmark": True, "gradient_accumulation_steps": None}
     if cfg.training.accumulation == "feature_cache":
         update["batch_size"] = "auto"
     stable = cfg.model_copy(update={"training": cfg.training.model_copy(update=update)})
@@ -216,6 +220,30 @@ def _run_fingerprint(base_model: str, cfg: ExperimentConfig, pairs: TrainingPair
         rows = validation_pairs[["recipe_id", "image_key", "caption"]].astype(str).sort_values(["image_key", "caption"])
         digest.update(pd.util.hash_pandas_object(rows, index=False).values.tobytes())
     return digest.hexdigest()
+
+
+def _with_micro_batch(fingerprint: str, micro_batch: int) -> str:
+    # Another split of a step sums the same loss in another order (and draws other dropout masks): a
+    # run resumes with its own micro-batch only, bit for bit on the CPU.
+    return hashlib.sha256(f"{fingerprint}/micro_batch={micro_batch}".encode()).hexdigest()
+
+
+def _checkpointed_micro_batch(checkpoints: Path) -> int | None:
+    """The micro-batch the latest complete checkpoint trained with (None: none, or saved before it was kept)."""
+    latest = latest_checkpoint(checkpoints)
+    if latest is None:
+        return None
+    return json.loads((latest / "state.json").read_text(encoding="utf-8"))["state"].get("micro_batch") or None
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool):
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 # --------------------------------------------------------------------------- device set-up
@@ -319,6 +347,7 @@ def train_lora(
     ``training.final_adapters: best`` the saved adapters are the best validation epoch's.
     """
     device = torch.device(device)
+    cfg = cfg.on_device(device)  # auto choices made once: fingerprinted, recorded, the same on resume
     training = cfg.training
     world = world if world is not None else DistributedWorld.current()
     if world.is_distributed and training.accumulation != "feature_cache":
@@ -334,11 +363,10 @@ def train_lora(
 
     with _deterministic(device):
         _seed_everything(cfg.seed)
-        torch.backends.cudnn.benchmark = False
         run = _Run.start(base_model, cfg, pairs, images, device=device, precision=precision, world=world,
                          work_dir=Path(work_dir), with_negatives=with_negatives, on_checkpoint=on_checkpoint,
                          log=log, validation_pairs=validation_pairs)
-        state = run.restore(fingerprint)
+        state = run.restore(_with_micro_batch(fingerprint, run.micro_batch))
         try:
             run.train(state)
         finally:
@@ -348,6 +376,7 @@ def train_lora(
 
     return TrainResult(
         adapter_dir=adapter_dir,
+        config=cfg,
         training_logs=_training_logs(state, run, precision, pairs),
         trainable_parameters=run.parameter_counts[0],
         total_parameters=run.parameter_counts[1],
@@ -374,6 +403,7 @@ def _training_logs(state: TrainState, run: _Run, precision: str, pairs: Training
         "accumulation": training.accumulation,
         "loss": training.loss,
         "precision": precision,
+        "lora_dropout": run.cfg.lora.lora_dropout,
         "frozen_weights_dtype": str(run.frozen_dtype).removeprefix("torch."),
         "compiled": run.compiled,
         "images_on_device": run.resident is not None,
@@ -451,7 +481,7 @@ class _Run:
                   on_checkpoint=on_checkpoint, log=log, validation_pairs=validation_pairs,
                   parameter_counts=count_parameters(model), frozen_dtype=frozen_dtype)
         run._place_images()
-        run._size_micro_batch()
+        run._size_micro_batch(_checkpointed_micro_batch(work_dir / "checkpoints"))
         run.compiled = compile_enabled(training.compile, device)
         if run.compiled:
             compile_towers(model)
@@ -482,10 +512,12 @@ class _Run:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _size_micro_batch(self) -> None:
+    def _size_micro_batch(self, resumed: int | None) -> None:
         training = self.cfg.training
         fit = None
-        if training.batch_size == "auto" and self.device.type == "cuda":
+        if training.batch_size == "auto" and resumed is not None:
+            fit = resumed  # the checkpoint's: its steps were summed in micro-batches of this size
+        elif training.batch_size == "auto" and self.device.type == "cuda":
             first = epoch_batches(len(self.pairs), training.effective_batch_size, self.cfg.seed, 0)[0]
 
             def probe(n_pairs: int) -> None:
@@ -501,7 +533,7 @@ class _Run:
 
     def restore(self, fingerprint: str) -> TrainState:
         """The state to continue from: the latest complete checkpoint's, else a fresh one."""
-        state = TrainState(fingerprint=fingerprint)
+        state = TrainState(fingerprint=fingerprint, micro_batch=self.micro_batch)
         checkpoints = self.work_dir / "checkpoints"
         latest = latest_checkpoint(checkpoints)
         if latest is not None:
@@ -554,7 +586,8 @@ class _Run:
 
     def optimizer_step(self, step: Step) -> torch.Tensor:
         """One optimizer step over ``step``; the loss stays on the device (no host sync)."""
-        with compiled_region("the training step") if self.compiled else contextlib.nullcontext():
+        with _cudnn_benchmark(self.cfg.training.cudnn_benchmark), \
+                compiled_region("the training step") if self.compiled else contextlib.nullcontext():
             return self._optimizer_step(step)
 
     def _optimizer_step(self, step: Step) -> torch.Tensor:
@@ -721,6 +754,7 @@ def _load_trainable_clip(base_model: str, cfg: ExperimentConfig, device: torch.d
     model = apply_adapters(model, cfg.lora, train_logit_scale=cfg.training.train_logit_scale, method=cfg.peft.method)
     if cfg.peft.quantization == "none" and precision == "bf16":
         hold_base_in(model, torch.bfloat16)
+    cast_adapter_inputs(model, cfg.lora.fp32_inputs)
     for parameter in model.parameters():  # QLoRA's preparation may hand over adapters in its compute dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
