@@ -305,8 +305,8 @@ def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, rep
     from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
 
     model, processor = load_clip(str(base), device)
-    model = prepare_for_inference(model, cfg.evaluation, device)
     keys = store.keys()
+    model = prepare_for_inference(model, cfg.evaluation, device, len(keys))
     pixels = store.get(keys[:batch]).to(device)
     from clipfood_assets.modeling.embed import ImagePreprocessor
 

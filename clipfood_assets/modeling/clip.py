@@ -137,8 +137,7 @@ def describe_device(device: torch.device | str) -> str:
 
 
 def compile_enabled(setting: str, device: torch.device | str) -> bool:
-    """``training.compile`` / ``evaluation.compile``: auto compiles on CUDA only (CPU runs stay eager
-    and bit-reproducible)."""
+    """``training.compile``: auto compiles on CUDA only (CPU runs stay eager and bit-reproducible)."""
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
 
 

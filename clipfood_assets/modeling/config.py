@@ -36,6 +36,10 @@ CUDA_EVAL_BATCH, CPU_EVAL_BATCH = 512, 32
 # ViT-B/32 step at batch 1024 (not measured on a GPU yet; gpu_check.py times both). Elsewhere the
 # notebooks' 0.05, which the CPU demo's figures were measured with.
 CUDA_LORA_DROPOUT, CPU_LORA_DROPOUT = 0.0, 0.05
+# evaluation.compile auto's break-even, a paper estimate for ViT-B/32 on an H200 (not measured on a GPU yet;
+# gpu_check.py prints the measured one): compiling both towers ~10-20 s (inductor, warm cache), saving
+# ~17-28 us per item (eager ~16-20k img/s, compiled ~30k), so it pays from ~0.5M items.
+EVAL_COMPILE_MIN_ITEMS = 500_000
 
 
 class _Section(BaseModel):
@@ -170,7 +174,13 @@ class EvaluationSettings(_Section):
         "auto", description=f"Images or captions per forward pass; auto: {CUDA_EVAL_BATCH} on CUDA, "
                             f"{CPU_EVAL_BATCH} elsewhere")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the towers for evaluation: auto = on CUDA only"
+        "auto", description="torch.compile the towers for evaluation: auto = on CUDA when the images and captions to "
+                            "embed reach compile_min_items"
+    )
+    compile_min_items: int = Field(
+        EVAL_COMPILE_MIN_ITEMS, ge=0,
+        description="Images + captions from which evaluation.compile auto compiles: below, the compile costs more "
+                    "than it saves",
     )
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     top_k_examples: int = Field(5, ge=1)

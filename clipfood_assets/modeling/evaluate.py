@@ -13,6 +13,7 @@ paired bootstrap.  Ranking is one matrix product and one vectorized pass (metric
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,10 +22,10 @@ import pandas as pd
 import torch
 
 from clipfood_assets.modeling.clip import (
-    compile_enabled,
     compile_towers,
     describe_device,
     resolve_precision,
+    towers_compiled,
 )
 from clipfood_assets.modeling.config import EvaluationSettings, ExperimentConfig
 from clipfood_assets.modeling.efficiency import configure_cpu_threads
@@ -139,18 +140,26 @@ class _Ranked:
     text_stats: object
 
 
-def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.device | str):
-    """``model`` (owned by the evaluation) made fast on ``device``: in bf16 its frozen base is cast to
-    bf16 in place, adapters and ``logit_scale`` kept fp32 (the training's layout, so an unmerged
-    adapted model is evaluated as validation evaluated it) and, with ``evaluation.compile``, its
-    towers compiled."""
+def compile_pays(evaluation: EvaluationSettings, device: torch.device | str, n_items: int) -> bool:
+    """Whether an evaluation of ``n_items`` images and captions runs compiled towers: ``evaluation.compile``
+    on, or auto on CUDA from ``evaluation.compile_min_items`` (a smaller one is done before a compile is)."""
+    if evaluation.compile != "auto":
+        return evaluation.compile == "on"
+    return torch.device(device).type == "cuda" and n_items >= evaluation.compile_min_items
+
+
+def prepare_for_inference(model, evaluation: EvaluationSettings, device: torch.device | str, n_items: int):
+    """``model`` (owned by the evaluation) made fast on ``device`` for ``n_items`` images and captions: in
+    bf16 its frozen base is cast to bf16 in place, adapters and ``logit_scale`` kept fp32 (the training's
+    layout, so an unmerged adapted model is evaluated as validation evaluated it), and its towers
+    compiled when that pays (:func:`compile_pays`)."""
     from clipfood_assets.modeling.lora import cast_adapter_inputs, hold_base_in
 
     device = torch.device(device)
     if resolve_precision(device, evaluation.precision) == "bf16":
         hold_base_in(model, torch.bfloat16)
         cast_adapter_inputs(model, False)  # no dropout in evaluation: the same numbers, one copy fewer
-    if compile_enabled(evaluation.compile, device):
+    if compile_pays(evaluation, device, n_items) and not towers_compiled(model):
         compile_towers(model)
     return model
 
@@ -161,15 +170,18 @@ def _rank(model, processor, sets: RetrievalSets, images: ImageSource | LoadImage
     evaluation = cfg.evaluation
     configure_cpu_threads(device)
     batch_size = evaluation.batch_size_on(device)
-    image_emb, image_stats = embed_images(
-        model, processor, sets.image_keys.tolist(), images, batch_size=batch_size,
-        device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
-        fast_jpeg_decode=evaluation.fast_jpeg_decode,
-    )
     texts = sets.unique_texts
-    text_emb, text_stats = embed_texts(
-        model, processor, texts, batch_size=batch_size, device=device, precision=evaluation.precision,
-    )
+    # Towers a training compiled evaluate a small set eagerly: new graphs would cost more than they save.
+    eager = towers_compiled(model) and not compile_pays(evaluation, device, len(sets.image_keys) + len(texts))
+    with torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext():
+        image_emb, image_stats = embed_images(
+            model, processor, sets.image_keys.tolist(), images, batch_size=batch_size,
+            device=device, precision=evaluation.precision, workers=workers or evaluation.num_workers or None,
+            fast_jpeg_decode=evaluation.fast_jpeg_decode,
+        )
+        text_emb, text_stats = embed_texts(
+            model, processor, texts, batch_size=batch_size, device=device, precision=evaluation.precision,
+        )
     row_of_text = {text: i for i, text in enumerate(texts)}
     caption_emb = text_emb[[row_of_text[t] for t in sets.caption_texts]]
 
@@ -216,7 +228,7 @@ def evaluate_retrieval(
 
     sets = RetrievalSets(test_pairs)
     counts = parameter_counts if parameter_counts is not None else count_parameters(model)
-    model = prepare_for_inference(model, cfg.evaluation, device)
+    model = prepare_for_inference(model, cfg.evaluation, device, len(sets.image_keys) + len(sets.unique_texts))
     ranked = _rank(model, processor, sets, images, cfg=cfg, device=device, workers=workers)
     return _results(label, sets, ranked, cfg, device, counts), _all_examples(sets, ranked, cfg)
 

@@ -47,18 +47,25 @@ def test_a_compiled_run_and_its_evaluation_make_a_known_number_of_graphs(eager_d
     cfg = load_experiment_config(overrides={
         "training": {"epochs": 2, "batch_size": 8, "effective_batch_size": 16, "compile": "on", "precision": "fp32",
                      "checkpoint_every_steps": 1000, "final_adapters": "last"},
-        "evaluation": {"compile": "on", "batch_size": 16}})
+        "evaluation": {"batch_size": 16}})
     positives = synthetic_data.train_pairs[synthetic_data.train_pairs["label"] == 1]
     result = train_lora(str(one_layer_model_dir), positives, synthetic_data.load_image, cfg, device="cpu",
                         work_dir=tmp_path, validation_pairs=synthetic_data.test_pairs)
     assert result.training_logs["compiled"] is True
-    # Per tower: training with grad, the feature cache's first pass without, validation. No shape
-    # recompiles: the batch, the caption length and the short last step are all one graph.
-    assert counters["stats"]["unique_graphs"] == 6
+    # Per tower: training with grad and the feature cache's first pass without. No shape recompiles: the
+    # batch, the caption length and the short last step are one graph. Validation (compile auto, a small
+    # set) ran eager: no graphs for it.
+    assert counters["stats"]["unique_graphs"] == 4
+    assert len(result.training_logs["validation"]) == 2
+
+    evaluation = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"compile": "on"})})
     model, processor = load_adapted_model(one_layer_model_dir, result.adapter_dir, merge=False)
-    evaluate_retrieval(model, processor, synthetic_data.test_pairs, synthetic_data.load_image, cfg=cfg,
+    evaluate_retrieval(model, processor, synthetic_data.test_pairs, synthetic_data.load_image, cfg=evaluation,
                        device="cpu", label="M1")
-    assert counters["stats"]["unique_graphs"] == 8  # another model: one evaluation graph per tower
+    assert counters["stats"]["unique_graphs"] == 6  # another model: one evaluation graph per tower
+    fewer = synthetic_data.test_pairs.head(9)  # other gallery and batch sizes, the same graphs
+    evaluate_retrieval(model, processor, fewer, synthetic_data.load_image, cfg=evaluation, device="cpu", label="M1")
+    assert counters["stats"]["unique_graphs"] == 6
     assert _fallbacks() == 0 and not counters["graph_break"], dict(counters)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,21 @@ import torch
 from PIL import Image
 
 from clipfood_assets.data.decode import decode_rgb
-from clipfood_assets.modeling.clip import autocast_context, load_clip, resolve_device, resolve_precision
+from clipfood_assets.modeling.clip import (
+    autocast_context,
+    load_clip,
+    resolve_device,
+    resolve_precision,
+    towers_compiled,
+)
 from clipfood_assets.modeling.config import load_experiment_config
-from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images, embed_texts
-from clipfood_assets.modeling.evaluate import compare_to_baseline, evaluate_retrieval
+from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images, embed_texts, iter_source_batches
+from clipfood_assets.modeling.evaluate import (
+    compare_to_baseline,
+    compile_pays,
+    evaluate_retrieval,
+    prepare_for_inference,
+)
 from clipfood_assets.modeling.metrics import first_hit_ranks
 
 
@@ -250,3 +262,47 @@ def test_first_hit_ranks_used_by_evaluation_is_pessimistic_on_constant_scores():
     # A model that embeds everything identically must get the worst possible rank.
     ranks = first_hit_ranks(np.zeros((3, 6)), np.array(["a", "b", "c"]), np.array(list("aabbcc")))
     assert ranks.tolist() == [5, 5, 5]
+
+
+class _SlowStore:
+    """An ImageSource whose reads finish out of order (later keys sooner), as several readers' do."""
+
+    def __init__(self, n: int) -> None:
+        self.pixels = {f"k{i}": torch.full((3, 2, 2), i, dtype=torch.uint8) for i in range(n)}
+
+    def prefetch(self, keys):
+        pass
+
+    def get(self, keys):
+        time.sleep(0.002 * (len(self.pixels) - int(keys[0][1:])) / len(self.pixels))
+        return torch.stack([self.pixels[k] for k in keys])
+
+    def forget(self, keys):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_several_store_readers_yield_the_batches_in_key_order():
+    store = _SlowStore(40)
+    keys = [f"k{i}" for i in (*range(40), 3, 1)]
+    expected = torch.stack([store.pixels[k] for k in keys])
+    for readers in (1, 4):
+        batches = list(iter_source_batches(keys, store, batch_size=3, readers=readers))
+        assert [len(b) for b in batches] == [3] * 14
+        assert torch.equal(torch.cat(batches), expected), readers
+
+
+def test_evaluation_compiles_only_where_it_pays(tiny_model_dir):
+    settings = load_experiment_config().evaluation
+    assert settings.compile == "auto" and settings.compile_min_items == 500_000
+    assert not compile_pays(settings, "cpu", 10**7)  # CPU runs stay eager
+    assert not compile_pays(settings, "cuda", 499_999)  # done before a compile would be
+    assert compile_pays(settings, "cuda", 500_000)
+    assert compile_pays(settings.model_copy(update={"compile": "on"}), "cpu", 1)
+    assert not compile_pays(settings.model_copy(update={"compile": "off"}), "cuda", 10**7)
+    model, _ = load_clip(tiny_model_dir)
+    assert not towers_compiled(prepare_for_inference(model, settings, "cpu", 100))
+    on = settings.model_copy(update={"compile": "on"})
+    assert towers_compiled(prepare_for_inference(model, on, "cpu", 100))
