@@ -4,8 +4,10 @@ A tick's work is bounded whatever the zone's size. recipes.jsonl is one stat. Th
 by a pass that goes on across ticks: each tick lists at most CLIPFOOD_SENSOR_OBJECTS_PER_TICK objects
 for about CLIPFOOD_SENSOR_SECONDS_PER_TICK seconds and leaves in the cursor where it stopped and the
 digest so far (an ImagesPass, ~300 bytes). A pass that completes gives exactly the version
-fingerprint_trusted_zone gives, the one the data zone records. A change to an image is therefore
-seen within two passes: the rest of the current one, and the next, when the pass had gone past it.
+fingerprint_trusted_zone gives, the one the data zone records. A tick lists for half its seconds at
+least after its first object, so a pass takes at most P = ceil(N / min(objects per tick, rate x
+seconds / 2)) ticks at the lake's listing rate, and a change to an image is seen within 2P ticks: the
+rest of the current pass, and the next one when the pass had gone past it.
 With CLIPFOOD_SENSOR_SQS_URL the bucket's notifications are read first: a notified change launches
 the refresh in the tick that reads it, and the pass remains the safety net for lost events.
 """
@@ -153,7 +155,8 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
     old_state = json.dumps(state, sort_keys=True)
     now = time.time()
 
-    # Notifications first (a third of the budget at most; a backlog is read on by the next ticks).
+    # Notifications first (a third of the budget at most, on top of the listing's; a backlog is read on by the
+    # next ticks).
     changes, notified_report = _read_notifications(settings, tick_start + budget / 3)
     if changes is not None and changes.count:
         pending = state.get("notified") or {"changes": 0}
@@ -166,7 +169,9 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
     listing = ImagesPass.from_dict(under_way) if under_way else ImagesPass()
     pass_started = under_way["started"] if under_way else now
     before_n = listing.n
-    complete = listing.advance(zone_lake, settings.sensor_objects_per_tick, tick_start + budget - time.monotonic())
+    # The listing's own budget, whatever the notifications took: a tick moves the pass on by at least half of
+    # it, so a pass takes at most ceil(N / (rate x budget / 2)) ticks at the lake's listing rate.
+    complete = listing.advance(zone_lake, settings.sensor_objects_per_tick, budget)
     known = state.get("zone")  # the fingerprint of the last tick that had one
     progress = _progress(listing, complete, listing.n - before_n, time.monotonic() - tick_start, known)
     if complete:
@@ -241,8 +246,8 @@ def trusted_zone_sensor(context: dg.SensorEvaluationContext, lake: LakeResource)
         change = "retry after a failed refresh"
     elif notified:
         change = f"{notified['changes']} image changes notified by the bucket"
-    else:
-        change = describe_change(before, current)
+    else:  # the zone as last seen, not yet built (e.g. changed again while a notified refresh ran)
+        change = describe_change(before, current) or "the data zone was built from another version"
     state["requested"] = version
     save()
     return dg.SensorResult(
