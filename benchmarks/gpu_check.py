@@ -1,26 +1,32 @@
-"""The GPU path in one call: training step, full fine-tune reference, train_lora end to end, evaluation.
+"""The GPU path in one call: training step and its config choices, full fine-tune reference, train_lora end
+to end, evaluation (eager and compiled), and dynamo's count of graphs over the whole sequence.
 
     python benchmarks/gpu_check.py            # one CUDA GPU, ViT-B/32 (random weights), bf16: < 5 min on an H200
     python benchmarks/gpu_check.py --small    # the tiny offline CLIP on the CPU: < 3 min on 2 cores
+    python benchmarks/gpu_check.py --small --compile-backend eager   # the same sequence compiled (graphs counted)
 
 Everything runs through the project's own code on synthetic 512 px JPEGs written to a local
 lake: the packed image store (``update_image_store``, nvjpeg on CUDA), ``train_lora``'s
 ``_Run`` for the bare step (batch_size 256 / 1024 / auto, compiled, bf16 frozen base, images
-on the device), ``train_lora`` end to end (cold first epoch, warm later ones, GPU busy sampled
-by NVML), and ``embed_images`` from the store (warm) and from the JPEGs (cold: store build
-plus embedding) against the forward pass alone.  The reference the LoRA step is compared
+on the device), the step's config choices against their defaults at the big batch (LoRA dropout
+0.05 vs none; on CUDA also fp32 adapter inputs, cuDNN autotuning off), ``train_lora`` end to end
+(cold first epoch, warm later ones, GPU busy sampled by NVML), and ``embed_images`` from the store
+(warm, with one reader and with STORE_READERS) and from the JPEGs (cold: store build plus
+embedding) against the forward pass alone; on CUDA the forward pass compiled too, with its compile
+time and the gallery size from which compiling pays.  The reference the LoRA step is compared
 with runs in the same process: a plain full fine-tune (every weight trained, bf16 weights,
 eager) at the best LoRA batch.
 
-Prints one table, then, last, one JSON line with every figure (keys in ``FIGURES``).  Needs
-torch, transformers, peft, pandas, pyyaml, pillow, safetensors, pydantic, pydantic-settings and
-minio (torchvision for nvjpeg); ``bash benchmarks/gpu_wheels.sh`` downloads the wheels a bare
-CUDA machine lacks.
+Prints one table, then, last, one JSON line with every figure (keys in ``FIGURES``,
+``CUDA_FIGURES`` and ``DYNAMO_FIGURES``).  Needs torch, transformers, peft, pandas, pyyaml, pillow,
+safetensors, pydantic, pydantic-settings and minio (torchvision for nvjpeg);
+``bash benchmarks/gpu_wheels.sh`` downloads the wheels a bare CUDA machine lacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -39,13 +45,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from clipfood_assets.lake.layout import FINE_TUNING_ZONE, IMAGES_PREFIX  # noqa: E402
 from clipfood_assets.lake.local import LocalLake  # noqa: E402
+from clipfood_assets.modeling import clip  # noqa: E402
 from clipfood_assets.modeling.clip import autocast_context, describe_device, load_clip  # noqa: E402
-from clipfood_assets.modeling.config import load_experiment_config  # noqa: E402
+from clipfood_assets.modeling.config import deep_merge, load_experiment_config  # noqa: E402
 from clipfood_assets.modeling.efficiency import configure_cpu_threads, synchronize  # noqa: E402
+from clipfood_assets.modeling.embed import STORE_READERS  # noqa: E402
 
 FIGURES = ("device", "lora_pairs_per_s", "lora_mfu", "full_ft_pairs_per_s", "auto_pairs_per_s",
            "train_warm_over_step", "gpu_busy", "eval_forward_img_per_s", "eval_warm_over_forward",
-           "eval_cold_img_per_s", "eval_cold_over_forward")
+           "eval_cold_img_per_s", "eval_cold_over_forward", "lora_dropout_pairs_per_s", "lora_no_dropout_pairs_per_s",
+           "eval_one_reader_over_forward", "eval_readers_over_forward")
+# Measured on CUDA only (both choices are no-ops in fp32; compiling is what --compile-backend asks for elsewhere).
+CUDA_FIGURES = ("lora_fp32_inputs_pairs_per_s", "lora_cudnn_benchmark_off_pairs_per_s",
+                "eval_compiled_forward_img_per_s", "eval_compile_s", "eval_compile_break_even_items")
+# Over the whole sequence, from torch._dynamo's counters (0 graphs when nothing was compiled).
+DYNAMO_FIGURES = ("dynamo_graphs", "dynamo_fallbacks", "dynamo_graph_breaks")
 # Dense bf16 tensor-core peak for the MFU denominator (vendor datasheets; fp32 for CPUs is not defined).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 PROFILES = {
@@ -55,6 +69,8 @@ PROFILES = {
               "timed_steps": 6, "e2e_epochs": 3, "eval_batch": 32, "repeats": 5},
 }
 CAPTION_FORMS = ("{}", "homemade {}", "{}, plated", "a bowl of {}")
+# training.compile / evaluation.compile of every config here; --compile-backend makes it "on".
+COMPILE = {"setting": "auto"}
 
 
 def log(message: str) -> None:
@@ -126,11 +142,16 @@ def make_base_model(kind: str, root: Path) -> Path:
     return out
 
 
-def training_config(batch, effective: int, *, epochs: int = 1, compile_: str = "auto", dropout: float = 0.05):
-    return load_experiment_config(overrides={"lora": {"lora_dropout": dropout}, "training": {
-        "batch_size": batch, "effective_batch_size": effective, "epochs": epochs,
-        "checkpoint_every_steps": 100_000, "keep_checkpoints": 1, "warmup_ratio": 0.0, "compile": compile_,
-        "learning_rate": 1e-4}})
+def training_config(batch, effective: int, *, epochs: int = 1, compile_: str | None = None,
+                    overrides: dict | None = None):
+    """The platform's defaults (LoRA dropout auto among them) for a step of ``effective`` pairs in
+    micro-batches of ``batch``, with ``overrides`` (a nested mapping) on top."""
+    setting = compile_ or COMPILE["setting"]
+    base = {"training": {"batch_size": batch, "effective_batch_size": effective, "epochs": epochs,
+                         "checkpoint_every_steps": 100_000, "keep_checkpoints": 1, "warmup_ratio": 0.0,
+                         "compile": setting, "learning_rate": 1e-4},
+            "evaluation": {"compile": setting}}
+    return load_experiment_config(overrides=deep_merge(base, overrides or {}))
 
 
 # --------------------------------------------------------------------------- measurements
@@ -149,7 +170,7 @@ def start_run(base: Path, pairs, store, cfg, device, work: Path):
     from clipfood_assets.modeling.distributed import DistributedWorld
     from clipfood_assets.modeling.train import _Run
 
-    return _Run.start(str(base), cfg, prepare_training_pairs(pairs), store, device=device,
+    return _Run.start(str(base), cfg.on_device(device), prepare_training_pairs(pairs), store, device=device,
                       precision=resolve_precision(device, cfg.training.precision), world=DistributedWorld(),
                       work_dir=work, with_negatives=True, on_checkpoint=None, log=None, validation_pairs=None)
 
@@ -298,38 +319,63 @@ def train_end_to_end(base: Path, pairs, store, device, work: Path, batch: int, e
             "images_on_device": result.training_logs["images_on_device"]}
 
 
+def step_variants(device: torch.device) -> dict[str, tuple[str, dict]]:
+    """The step's config choices other than their defaults on ``device``: name -> (figure, overrides)."""
+    default_dropout = load_experiment_config().lora.dropout_on(device)
+    other = 0.0 if default_dropout else 0.05
+    variants = {f"lora_dropout {other:g}": (dropout_figure(other), {"lora": {"lora_dropout": other}})}
+    if device.type == "cuda":  # in fp32 (elsewhere) both are no-ops
+        variants["fp32 adapter inputs"] = ("lora_fp32_inputs_pairs_per_s", {"lora": {"fp32_inputs": True}})
+        variants["cudnn_benchmark off"] = ("lora_cudnn_benchmark_off_pairs_per_s",
+                                           {"training": {"cudnn_benchmark": False}})
+    return variants
+
+
+def dropout_figure(dropout: float) -> str:
+    return "lora_dropout_pairs_per_s" if dropout else "lora_no_dropout_pairs_per_s"
+
+
+@torch.inference_mode()
+def forward_only(model, preprocessor, pixels: torch.Tensor, n_images: int, precision: str) -> float:
+    """img/s of the image tower alone on one device-resident batch, ``n_images`` images in all."""
+    from clipfood_assets.modeling.clip import compiled_region, dynamic_rows, towers_compiled
+
+    device, compiled = pixels.device, towers_compiled(model)
+    synchronize(device)
+    started = time.perf_counter()
+    with compiled_region("the forward pass") if compiled else contextlib.nullcontext():
+        for _ in range(0, n_images, len(pixels)):
+            normalized = preprocessor.normalize(pixels)
+            with autocast_context(device, precision):
+                features = model.get_image_features(
+                    pixel_values=dynamic_rows(normalized) if compiled else normalized).pooler_output
+            torch.nn.functional.normalize(features.float(), dim=-1)  # the embedding's last step, on the device
+    synchronize(device)
+    return (n_images // len(pixels) * len(pixels) or n_images) / (time.perf_counter() - started)
+
+
 def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, repeats: int, cfg) -> dict:
-    """Image embedding from the warm store and from JPEGs (store build + embedding) vs the forward pass."""
-    from clipfood_assets.modeling.embed import embed_images
+    """Image embedding from the warm store (one reader and STORE_READERS) and from JPEGs (store build +
+    embedding) vs the forward pass, in the mode evaluation.compile picks for this gallery."""
+    from clipfood_assets.modeling.embed import ImagePreprocessor, embed_images
     from clipfood_assets.modeling.evaluate import prepare_for_inference
     from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
 
     model, processor = load_clip(str(base), device)
     keys = store.keys()
     model = prepare_for_inference(model, cfg.evaluation, device, len(keys))
-    pixels = store.get(keys[:batch]).to(device)
-    from clipfood_assets.modeling.embed import ImagePreprocessor
+    pixels, preprocessor = store.get(keys[:batch]).to(device), ImagePreprocessor(processor)
 
-    preprocessor = ImagePreprocessor(processor)
-
-    @torch.inference_mode()
-    def forward_only() -> float:
-        synchronize(device)
-        started = time.perf_counter()
-        for _ in range(0, len(keys), batch):
-            with autocast_context(device, cfg.evaluation.precision):
-                features = model.get_image_features(pixel_values=preprocessor.normalize(pixels)).pooler_output
-            torch.nn.functional.normalize(features.float(), dim=-1).cpu()
-        synchronize(device)
-        return (len(keys) // batch * batch or len(keys)) / (time.perf_counter() - started)
-
-    def warm() -> float:
-        _, stats = embed_images(model, processor, keys, store, batch_size=batch, device=device)
+    def warm(readers: int) -> float:
+        _, stats = embed_images(model, processor, keys, store, batch_size=batch, device=device, readers=readers)
         return stats.items_per_s
 
-    forward_only(), warm()  # compile both shapes, fill the page cache
-    forward = statistics.median(forward_only() for _ in range(repeats))
-    warm_rate = statistics.median(warm() for _ in range(repeats))
+    forward_only(model, preprocessor, pixels, len(keys), cfg.evaluation.precision), warm(1)  # compile, page cache
+    forward = statistics.median(forward_only(model, preprocessor, pixels, len(keys), cfg.evaluation.precision)
+                                for _ in range(repeats))
+    one_reader = statistics.median(warm(1) for _ in range(repeats))
+    several = statistics.median(warm(STORE_READERS) for _ in range(repeats))
+    warm_rate = several if device.type == "cuda" else one_reader  # embed_images' default readers
     started = time.perf_counter()
     update_image_store(lake, processor, device=device, rebuild=True)
     built = time.perf_counter() - started
@@ -339,7 +385,41 @@ def evaluation(base: Path, lake, store, cache_dir: Path, device, batch: int, rep
         embedded = time.perf_counter() - started
     cold = len(keys) / (built + embedded)
     return {"forward_img_per_s": forward, "warm_img_per_s": warm_rate, "warm_over_forward": warm_rate / forward,
-            "cold_img_per_s": cold, "cold_over_forward": cold / forward, "store_build_img_per_s": len(keys) / built}
+            "one_reader_over_forward": one_reader / forward, "readers_over_forward": several / forward,
+            "cold_img_per_s": cold,
+            "cold_over_forward": cold / forward,
+            "store_build_img_per_s": len(keys) / built, "compiled": clip.towers_compiled(model)}
+
+
+def compiled_forward(base: Path, store, device, batch: int, repeats: int, cfg, eager_img_per_s: float) -> dict:
+    """The forward pass compiled: img/s, the first call's extra seconds (the compile), and the images +
+    captions from which it pays (what evaluation.compile_min_items estimates)."""
+    from clipfood_assets.modeling.embed import ImagePreprocessor
+    from clipfood_assets.modeling.evaluate import prepare_for_inference
+
+    model, processor = load_clip(str(base), device)
+    keys = store.keys()
+    on = cfg.evaluation.model_copy(update={"compile": "on"})
+    model = prepare_for_inference(model, on, device, len(keys))
+    pixels, preprocessor = store.get(keys[:batch]).to(device), ImagePreprocessor(processor)
+    first = len(keys) / forward_only(model, preprocessor, pixels, len(keys), on.precision)
+    rate = statistics.median(forward_only(model, preprocessor, pixels, len(keys), on.precision)
+                             for _ in range(repeats))
+    compile_s = first - len(keys) / rate
+    saved_per_item = 1 / eager_img_per_s - 1 / rate
+    # Only the image tower here: the text tower's compile is taken to cost as much and save in proportion.
+    break_even = 2 * compile_s / saved_per_item if saved_per_item > 0 else None
+    return {"img_per_s": rate, "compile_s": compile_s, "break_even_items": break_even}
+
+
+def dynamo_figures() -> dict:
+    """Graphs dynamo compiled, frames it gave up on (ran eager) plus recompile-limit hits, and graph breaks."""
+    from torch._dynamo.utils import counters
+
+    limit_hits = sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason.lower())
+    return {"dynamo_graphs": counters["stats"]["unique_graphs"],
+            "dynamo_fallbacks": counters["frames"]["total"] - counters["frames"]["ok"] + limit_hits,
+            "dynamo_graph_breaks": sum(counters["graph_break"].values())}
 
 
 def store_vs_jpeg_epoch(lake, store, processor, batch: int) -> float:
@@ -362,7 +442,40 @@ def store_vs_jpeg_epoch(lake, store, processor, batch: int) -> float:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+class Check:
+    """The figures, the table's rows, and sections that log their time and never stop the check."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.figures: dict = {"device": describe_device(device)}
+        self.rows: list[tuple[str, str, str]] = []
+        self.wall = time.perf_counter()
+
+    def section(self, name: str, fn):
+        started = time.perf_counter()
+        try:
+            out = fn()
+            shown = out[-1] if isinstance(out, tuple) else out
+            shown = shown if isinstance(shown, (dict, float, int, str)) else type(shown).__name__
+            log(f"[{time.perf_counter() - self.wall:6.1f} s] {name}: {shown} ({time.perf_counter() - started:.1f} s)")
+            return out
+        except Exception:  # one broken section must not cost the others' figures
+            log(f"[{time.perf_counter() - self.wall:6.1f} s] {name} FAILED:\n{traceback.format_exc()}")
+            return None
+
+    def row(self, what: str, value: str, note: str = "") -> None:
+        self.rows.append((what, value, note))
+
+    def print(self, model: str) -> None:
+        log(f"\ndevice: {self.figures['device']}; model {model}; {time.perf_counter() - self.wall:.0f} s in all")
+        width = max((len(r[0]) for r in self.rows), default=10)
+        for what, value, note in self.rows:
+            log(f"  {what:<{width}}  {value:>18}  {note}")
+        keys = (*FIGURES, *CUDA_FIGURES, *DYNAMO_FIGURES, "store_epoch_speedup")
+        log(json.dumps({key: _rounded(self.figures.get(key)) for key in keys}))
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="the tiny model on the CPU (what CI can run)")
     parser.add_argument("--profile", type=Path, default=None, help="write a torch.profiler table of 3 LoRA steps here")
@@ -371,147 +484,184 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default=None, help="override the two step batches, e.g. 8,16")
     parser.add_argument("--steps", type=int, default=None, help="override the timed steps")
     parser.add_argument("--epochs", type=int, default=None, help="override train_lora's epochs")
+    parser.add_argument("--compile-backend", default=None,
+                        help="compile every training and evaluation with this torch.compile backend (eager or "
+                             "aot_eager count dynamo's graphs on a CPU in seconds)")
     args = parser.parse_args(argv)
+    args.device = torch.device(args.device or ("cpu" if args.small else "cuda"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device: run with --small for the CPU check")
+    return args
+
+
+def _profile(args: argparse.Namespace) -> dict:
     profile = dict(PROFILES["small" if args.small else "full"])
     for key, value in (("images", args.images), ("timed_steps", args.steps), ("e2e_epochs", args.epochs)):
         if value:
             profile[key] = value
     if args.batches:
         profile["step_batches"] = tuple(int(b) for b in args.batches.split(","))
-    device = torch.device(args.device or ("cpu" if args.small else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA device: run with --small for the CPU check")
+    return profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    profile, device = _profile(args), args.device
+    if args.compile_backend:
+        clip.COMPILE_BACKEND, COMPILE["setting"] = args.compile_backend, "on"
     configure_cpu_threads(device)
-    figures: dict = {"device": describe_device(device)}
-    rows: list[tuple[str, str, str]] = []
-    wall = time.perf_counter()
-
-    def section(name: str, fn):
-        started = time.perf_counter()
-        try:
-            out = fn()
-            shown = out[-1] if isinstance(out, tuple) else out
-            shown = shown if isinstance(shown, (dict, float, int, str)) else type(shown).__name__
-            log(f"[{time.perf_counter() - wall:6.1f} s] {name}: {shown} ({time.perf_counter() - started:.1f} s)")
-            return out
-        except Exception:  # one broken section must not cost the others' figures
-            log(f"[{time.perf_counter() - wall:6.1f} s] {name} FAILED:\n{traceback.format_exc()}")
-            return None
-
+    check = Check(device)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         os.environ.setdefault("CLIPFOOD_CACHE_DIR", str(work / "cache"))
         cores = os.cpu_count() or 2
-        lake, pairs = section("data", lambda: make_lake(work, profile["images"], profile["captions_per_image"],
-                                                        max(1, min(16, cores))))
-        base = section("base model", lambda: make_base_model(profile["model"], work))
-        from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
+        lake, pairs = check.section("data", lambda: make_lake(work, profile["images"], profile["captions_per_image"],
+                                                              max(1, min(16, cores))))
+        base = check.section("base model", lambda: make_base_model(profile["model"], work))
         from transformers import CLIPProcessor
 
+        from clipfood_assets.modeling.image_store import PackedImageStore, update_image_store
+
         processor = CLIPProcessor.from_pretrained(str(base))
-        build = section("store build (cold)", lambda: update_image_store(lake, processor, device=device))
-        store = PackedImageStore.open(lake, processor)
-        log(f"  {len(store)} images, {build.decode_images_per_s if build else float('nan'):.0f} img/s decoded; "
-            f"{len(pairs)} pair rows")
+        build = check.section("store build (cold)", lambda: update_image_store(lake, processor, device=device))
+        with PackedImageStore.open(lake, processor) as store:
+            log(f"  {len(store)} images, {build.decode_images_per_s if build else float('nan'):.0f} img/s decoded; "
+                f"{len(pairs)} pair rows")
+            _training_sections(check, profile, base, pairs, store, work, args.profile)
+            _evaluation_sections(check, profile, base, lake, store, work)
+            ratio = check.section("store epoch vs JPEG epoch", lambda: store_vs_jpeg_epoch(lake, store, processor, 64))
+            if ratio:
+                check.figures["store_epoch_speedup"] = ratio
+                check.row("one pass over the images: warm store vs JPEG decoding", f"{ratio:,.1f}x faster")
+    check.figures.update(dynamo_figures())
+    check.print(profile["model"])
+    return 0 if all(check.figures.get(key) is not None for key in ("lora_pairs_per_s", "eval_forward_img_per_s")) else 1
 
-        small_batch, big_batch = profile["step_batches"]
-        per_pair = section("FLOPs per pair", lambda: flops_per_pair(base, pairs, store, device, work / "flops", 32))
-        peak = peak_tflops(device)
-        steps = {}
-        best_run = None
-        for batch in (big_batch, small_batch, "auto"):
-            def measure(batch=batch):
-                run = start_run(base, pairs, store, training_config(batch, big_batch if batch == "auto" else batch),
-                                device, work / f"step_{batch}")
-                result = bare_step(run, profile["timed_steps"])
-                return run, result
-            out = section(f"LoRA step, batch {batch}", measure)
-            if out is None:
-                continue
-            run, result = out
-            steps[batch] = result
-            if batch == big_batch:
-                best_run = run
-                if args.profile is not None:
-                    section("profile", lambda: write_profile(run, args.profile))
-            else:
+
+def _training_sections(check: Check, profile: dict, base: Path, pairs, store, work: Path,
+                       profile_dir: Path | None) -> float | None:
+    """The bare LoRA step at both batches and auto, the full fine-tune, the step's choices and train_lora
+    end to end; returns the big batch's pairs/s (None when its section failed)."""
+    device, (small_batch, big_batch) = check.device, profile["step_batches"]
+    per_pair = check.section("FLOPs per pair", lambda: flops_per_pair(base, pairs, store, device, work / "flops", 32))
+    steps, best_run = {}, None
+    for batch in (big_batch, small_batch, "auto"):
+        def measure(batch=batch):
+            run = start_run(base, pairs, store, training_config(batch, big_batch if batch == "auto" else batch),
+                            device, work / f"step_{batch}")
+            return run, bare_step(run, profile["timed_steps"])
+        out = check.section(f"LoRA step, batch {batch}", measure)
+        if out is None:
+            continue
+        run, steps[batch] = out
+        if batch == big_batch:
+            best_run = run
+            if profile_dir is not None:
+                check.section("profile", lambda run=run: write_profile(run, profile_dir))
+        else:
+            run.close()
+    _step_figures(check, steps, per_pair, big_batch)
+    if best_run is not None:
+        _full_fine_tune_section(check, base, best_run, profile["timed_steps"], big_batch)
+    step_rate = steps.get(big_batch, {}).get("pairs_per_s")
+    if step_rate:
+        _variant_sections(check, base, pairs, store, work, big_batch, profile["timed_steps"], step_rate)
+        _end_to_end_section(check, base, pairs, store, work, big_batch, profile["e2e_epochs"], step_rate)
+    return step_rate
+
+
+def _step_figures(check: Check, steps: dict, per_pair: float | None, big_batch: int) -> None:
+    peak = peak_tflops(check.device)
+    best = max((b for b in steps if b != "auto"), key=lambda b: steps[b]["pairs_per_s"], default=None)
+    if best is not None:
+        check.figures["lora_pairs_per_s"] = steps[best]["pairs_per_s"]
+        if per_pair and peak:
+            check.figures["lora_mfu"] = steps[best]["pairs_per_s"] * per_pair / (peak * 1e12)
+    if "auto" in steps:
+        check.figures["auto_pairs_per_s"] = steps["auto"]["pairs_per_s"]
+    if big_batch in steps:  # the default dropout's figure is the default step's
+        default_dropout = load_experiment_config().lora.dropout_on(check.device)
+        check.figures[dropout_figure(default_dropout)] = steps[big_batch]["pairs_per_s"]
+    for batch, result in steps.items():
+        tflops = result["pairs_per_s"] * per_pair / 1e12 if per_pair else float("nan")
+        check.row(f"LoRA step, batch {batch} (micro {result['micro_batch']})", f"{result['pairs_per_s']:,.0f} pairs/s",
+                  f"{tflops:.1f} TFLOP/s, peak {result['peak_gib']:.1f} GiB")
+
+
+def _full_fine_tune_section(check: Check, base: Path, run, timed: int, big_batch: int) -> None:
+    try:
+        full = check.section("full fine-tune reference", lambda: full_fine_tune(base, run, timed))
+    finally:
+        run.close()
+        if check.device.type == "cuda":
+            torch.cuda.empty_cache()
+    if full:
+        check.figures["full_ft_pairs_per_s"] = full["pairs_per_s"]
+        check.row(f"full fine-tune, batch {big_batch} (reference)", f"{full['pairs_per_s']:,.0f} pairs/s",
+                  f"LoRA / full = {check.figures.get('lora_pairs_per_s', 0) / full['pairs_per_s']:.2f}")
+
+
+def _variant_sections(check: Check, base: Path, pairs, store, work: Path, big_batch: int, timed: int,
+                      default_rate: float) -> None:
+    """Each of the step's choices turned the other way, at the big batch, against the default step."""
+    for name, (figure, overrides) in step_variants(check.device).items():
+        def measure(overrides=overrides, name=name):
+            cfg = training_config(big_batch, big_batch, overrides=overrides)
+            run = start_run(base, pairs, store, cfg, check.device, work / f"step_{name.replace(' ', '_')}")
+            try:
+                return bare_step(run, timed)
+            finally:
                 run.close()
-        if steps:
-            best = max((b for b in steps if b != "auto"), key=lambda b: steps[b]["pairs_per_s"], default=None)
-            if best is not None:
-                figures["lora_pairs_per_s"] = steps[best]["pairs_per_s"]
-                if per_pair and peak:
-                    figures["lora_mfu"] = steps[best]["pairs_per_s"] * per_pair / (peak * 1e12)
-            if "auto" in steps:
-                figures["auto_pairs_per_s"] = steps["auto"]["pairs_per_s"]
-            for batch, result in steps.items():
-                tflops = result["pairs_per_s"] * per_pair / 1e12 if per_pair else float("nan")
-                rows.append((f"LoRA step, batch {batch} (micro {result['micro_batch']})",
-                             f"{result['pairs_per_s']:,.0f} pairs/s",
-                             f"{tflops:.1f} TFLOP/s, peak {result['peak_gib']:.1f} GiB"))
-        if best_run is not None:
-            full = section("full fine-tune reference", lambda: full_fine_tune(base, best_run, profile["timed_steps"]))
-            if full:
-                figures["full_ft_pairs_per_s"] = full["pairs_per_s"]
-                rows.append((f"full fine-tune, batch {big_batch} (reference)", f"{full['pairs_per_s']:,.0f} pairs/s",
-                             f"LoRA / full = {figures.get('lora_pairs_per_s', 0) / full['pairs_per_s']:.2f}"))
-            best_run.close()
-            best_run = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        result = check.section(f"LoRA step, batch {big_batch}, {name}", measure)
+        if result:
+            check.figures[figure] = result["pairs_per_s"]
+            check.row(f"LoRA step, batch {big_batch}, {name}", f"{result['pairs_per_s']:,.0f} pairs/s",
+                      f"{result['pairs_per_s'] / default_rate:.2f}x the default step")
 
-        if not args.small and big_batch in steps:  # what peft's LoRA dropout (on each projection's input) costs
-            def no_dropout():
-                run = start_run(base, pairs, store, training_config(big_batch, big_batch, dropout=0.0), device,
-                                work / "step_nodrop")
-                try:
-                    return bare_step(run, profile["timed_steps"])
-                finally:
-                    run.close()
-            nodrop = section("LoRA step without dropout", no_dropout)
-            if nodrop:
-                figures["lora_no_dropout_pairs_per_s"] = nodrop["pairs_per_s"]
-                rows.append((f"LoRA step, batch {big_batch}, lora_dropout 0", f"{nodrop['pairs_per_s']:,.0f} pairs/s",
-                             f"dropout costs {1 - steps[big_batch]['pairs_per_s'] / nodrop['pairs_per_s']:.0%}"))
 
-        step_rate = steps.get(big_batch, {}).get("pairs_per_s")
-        if step_rate:
-            e2e = section("train_lora end to end", lambda: train_end_to_end(
-                base, pairs, store, device, work / "e2e", big_batch, profile["e2e_epochs"], step_rate))
-            if e2e:
-                figures["train_warm_over_step"] = e2e["warm_over_step"]
-                figures["gpu_busy"] = e2e["gpu_busy"]
-                rows.append((f"train_lora, batch {big_batch} (micro {e2e['micro_batch']}): cold epoch",
-                             f"{e2e['cold_pairs_per_s']:,.0f} pairs/s", f"whole call {e2e['total_s']:.0f} s"))
-                busy = f"{e2e['gpu_busy']:.0%}" if e2e["gpu_busy"] is not None else "not sampled"
-                rows.append(("train_lora warm epochs", f"{e2e['warm_pairs_per_s']:,.0f} pairs/s",
-                             f"{e2e['warm_over_step']:.0%} of the bare step, GPU busy {busy}"))
+def _end_to_end_section(check: Check, base: Path, pairs, store, work: Path, batch: int, epochs: int,
+                        step_rate: float) -> None:
+    e2e = check.section("train_lora end to end", lambda: train_end_to_end(
+        base, pairs, store, check.device, work / "e2e", batch, epochs, step_rate))
+    if e2e:
+        check.figures["train_warm_over_step"] = e2e["warm_over_step"]
+        check.figures["gpu_busy"] = e2e["gpu_busy"]
+        check.row(f"train_lora, batch {batch} (micro {e2e['micro_batch']}): cold epoch",
+                  f"{e2e['cold_pairs_per_s']:,.0f} pairs/s", f"whole call {e2e['total_s']:.0f} s")
+        busy = f"{e2e['gpu_busy']:.0%}" if e2e["gpu_busy"] is not None else "not sampled"
+        check.row("train_lora warm epochs", f"{e2e['warm_pairs_per_s']:,.0f} pairs/s",
+                  f"{e2e['warm_over_step']:.0%} of the bare step, GPU busy {busy}")
 
-        cfg = load_experiment_config()
-        ev = section("evaluation", lambda: evaluation(base, lake, store, work / "cache", device, profile["eval_batch"],
-                                                     profile["repeats"], cfg))
-        if ev:
-            figures.update(eval_forward_img_per_s=ev["forward_img_per_s"], eval_warm_over_forward=ev["warm_over_forward"],
-                           eval_cold_img_per_s=ev["cold_img_per_s"], eval_cold_over_forward=ev["cold_over_forward"])
-            rows.append((f"evaluation forward only, batch {profile['eval_batch']}",
-                         f"{ev['forward_img_per_s']:,.0f} img/s", "the limit"))
-            rows.append(("evaluation from the warm store", f"{ev['warm_img_per_s']:,.0f} img/s",
-                         f"{ev['warm_over_forward']:.0%} of forward only"))
-            rows.append(("evaluation cold from JPEGs (store build + embed)", f"{ev['cold_img_per_s']:,.0f} img/s",
-                         f"{ev['cold_over_forward']:.0%} of forward only; build {ev['store_build_img_per_s']:,.0f} img/s"))
-        ratio = section("store epoch vs JPEG epoch", lambda: store_vs_jpeg_epoch(lake, store, processor, 64))
-        if ratio:
-            figures["store_epoch_speedup"] = ratio
-            rows.append(("one pass over the images: warm store vs JPEG decoding", f"{ratio:,.1f}x faster", ""))
-        store.close()
 
-    log(f"\ndevice: {figures['device']}; model {profile['model']}; {time.perf_counter() - wall:.0f} s in all")
-    width = max((len(r[0]) for r in rows), default=10)
-    for what, value, note in rows:
-        log(f"  {what:<{width}}  {value:>18}  {note}")
-    extra = ("store_epoch_speedup", "lora_no_dropout_pairs_per_s")
-    log(json.dumps({key: _rounded(figures.get(key)) for key in (*FIGURES, *extra)}))
-    return 0 if all(figures.get(key) is not None for key in ("lora_pairs_per_s", "eval_forward_img_per_s")) else 1
+def _evaluation_sections(check: Check, profile: dict, base: Path, lake, store, work: Path) -> None:
+    device, batch, repeats = check.device, profile["eval_batch"], profile["repeats"]
+    cfg = training_config("auto", 32)
+    ev = check.section("evaluation", lambda: evaluation(base, lake, store, work / "cache", device, batch, repeats, cfg))
+    if not ev:
+        return
+    check.figures.update(eval_forward_img_per_s=ev["forward_img_per_s"], eval_warm_over_forward=ev["warm_over_forward"],
+                         eval_one_reader_over_forward=ev["one_reader_over_forward"],
+                         eval_readers_over_forward=ev["readers_over_forward"],
+                         eval_cold_img_per_s=ev["cold_img_per_s"], eval_cold_over_forward=ev["cold_over_forward"])
+    mode = "compiled" if ev["compiled"] else "eager"
+    check.row(f"evaluation forward only, batch {batch} ({mode})", f"{ev['forward_img_per_s']:,.0f} img/s", "the limit")
+    check.row("evaluation from the warm store", f"{ev['warm_img_per_s']:,.0f} img/s",
+              f"{ev['warm_over_forward']:.0%} of forward only; one reader {ev['one_reader_over_forward']:.0%}, "
+              f"{STORE_READERS} readers {ev['readers_over_forward']:.0%}")
+    check.row("evaluation cold from JPEGs (store build + embed)", f"{ev['cold_img_per_s']:,.0f} img/s",
+              f"{ev['cold_over_forward']:.0%} of forward only; build {ev['store_build_img_per_s']:,.0f} img/s")
+    if device.type != "cuda" and COMPILE["setting"] != "on":
+        return  # inductor on a CPU takes minutes to compile and says nothing about a GPU
+    compiled = check.section("evaluation forward compiled", lambda: compiled_forward(
+        base, store, device, batch, repeats, cfg, ev["forward_img_per_s"]))
+    if compiled:
+        check.figures.update(eval_compiled_forward_img_per_s=compiled["img_per_s"],
+                             eval_compile_s=compiled["compile_s"],
+                             eval_compile_break_even_items=compiled["break_even_items"])
+        pays = compiled["break_even_items"]
+        check.row(f"evaluation forward only, batch {batch}, compiled", f"{compiled['img_per_s']:,.0f} img/s",
+                  f"compile {compiled['compile_s']:.1f} s: pays from "
+                  f"{f'{pays:,.0f} images + captions' if pays else 'never (not faster)'}")
 
 
 def write_profile(run, directory: Path) -> str:
