@@ -11,17 +11,17 @@ from transformers import CLIPModel, CLIPProcessor
 
 logger = logging.getLogger(__name__)
 
-# torch.compile backend of compile_towers. Tests swap in "aot_eager" (and gpu_check --compile-backend any):
-# dynamo's graphs, guards and recompiles are the same, without generating kernels.
+# torch.compile backend of compile_towers. Tests swap in "eager" (gpu_check --compile-backend any): dynamo's
+# graphs, guards and recompiles are the same, without generating kernels.
 COMPILE_BACKEND = "inductor"
 # Rows of a compiled tower's batch come in multiples of this, so no batch is ever 1 row: dynamo specialises
 # a size of 1 into a graph of its own even on a dimension marked dynamic.
 PAD_ROWS = 8
-# Graphs dynamo may keep per code object (its default, 8, is spent by one run). Both towers run the one
-# transformers wrapper and so share its cache: per model, training with grad, the feature cache's no-grad
-# pass and evaluation for each tower make 6, and every model a process compiles adds its own (a run's,
-# an evaluation's; gpu_check compiles 8). Shapes add none: batch and caption length are dynamic from the
-# first call. The test of a run and of gpu_check's sequence counts them (test_compile.py).
+# Graphs dynamo may keep per code object (its default, 8, was spent by one run with validation). Both towers
+# run the one transformers wrapper and so share its cache: per model, training with grad, the feature
+# cache's no-grad pass and evaluation for each tower make up to 6, and a process may compile several
+# models (gpu_check's sequence: 9 graphs). Shapes add none: batch and caption length are dynamic from the
+# first call. test_compile.py and test_gpu_check.py count them.
 RECOMPILE_LIMIT = 64
 
 _OFFLINE_HELP = (

@@ -220,11 +220,10 @@ def embed_images(
 ) -> tuple[np.ndarray, EmbedStats]:
     """L2-normalised float32 image embeddings [len(keys), D], in key order, and throughput.
 
-    ``images``: an :class:`~clipfood_assets.modeling.images.ImageSource` (the packed store:
-    batches read ahead in ``readers`` threads, by default :data:`STORE_READERS` on CUDA and one elsewhere,
-    pinned on CUDA) or ``load_image(key) -> encoded
-    bytes`` (JPEG/PNG..., decoded in ``workers`` threads ahead of the model).  The time covers the
-    whole path, source to embeddings on the host.
+    ``images``: an :class:`~clipfood_assets.modeling.images.ImageSource` (the packed store: batches
+    read ahead in ``readers`` threads, by default :data:`STORE_READERS` on CUDA and one elsewhere,
+    pinned on CUDA) or ``load_image(key) -> encoded bytes`` (JPEG/PNG..., decoded in ``workers``
+    threads ahead of the model).  The time covers the whole path, source to embeddings on the host.
     """
     device = torch.device(device)
     preprocessor = ImagePreprocessor(processor, fast_jpeg_decode=fast_jpeg_decode)

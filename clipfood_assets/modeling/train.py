@@ -528,8 +528,9 @@ class _Run:
             fit = _probe_pairs_per_budget(probe, self.device, training.memory_fraction, training.effective_batch_size)
         micro = self.micro_batch = training.micro_batch_size(fit)
         self.builder = self._builder(local_micro_batch_size(micro, self.world))
-        logger.info("micro-batch %d of effective batch %d%s", micro, training.effective_batch_size,
-                    f" (auto: {fit} fit on {describe_device(self.device)})" if fit else "")
+        how = " (auto: the checkpoint's)" if resumed is not None and training.batch_size == "auto" else (
+            f" (auto: {fit} fit on {describe_device(self.device)})" if fit else "")
+        logger.info("micro-batch %d of effective batch %d%s", micro, training.effective_batch_size, how)
 
     def restore(self, fingerprint: str) -> TrainState:
         """The state to continue from: the latest complete checkpoint's, else a fresh one."""

@@ -97,7 +97,7 @@ def test_validation_and_the_test_evaluation_compute_the_same_embeddings(pretrain
     with torch.no_grad():
         validation = _embeddings(trained.eval(), processor, pairs, load_image)
     # The test evaluation's model: the saved adapters, unmerged, prepared as evaluate_retrieval does.
-    tested = _embeddings(prepare_for_inference(saved, cfg.evaluation, CPU), processor, pairs, load_image)
+    tested = _embeddings(prepare_for_inference(saved, cfg.evaluation, CPU, len(pairs)), processor, pairs, load_image)
     for seen_by_validation, seen_by_test in zip(validation, tested, strict=True):
         np.testing.assert_array_equal(seen_by_validation, seen_by_test)
     # The old test path (delta merged in fp32, then everything cast to bf16) computes other embeddings.
