@@ -37,7 +37,7 @@ def lake_uri(zone_lake: Lake, asset: str, metadata: dict, partition: str | None 
         return zone_lake.uri(zone, key) if zone_lake.exists(zone, key) else None
     if fmt == BUNDLE_FORMAT:
         return zone_lake.uri(zone, prefix) if zone_lake.exists(zone, manifest_key(prefix, asset)) else None
-    return zone_lake.uri(zone, prefix) if next(iter(zone_lake.list(zone, prefix)), None) else None
+    return zone_lake.uri(zone, prefix) if next(iter(zone_lake.list(zone, prefix, limit=1)), None) else None
 
 
 def adoption_events(instance: dg.DagsterInstance, zone_lake: Lake, asset_graph, keys: Iterable[dg.AssetKey],

@@ -81,7 +81,11 @@ def deployment(tmp_path_factory, postgres, s3_server):
     env.update(postgres.env(database), CLIPFOOD_BASE_MODEL=str(root / "base-model"),
                DAGSTER_HOME=str(topology.write_home(root / "dagster_home", topology.process_instance())))
     deployed = topology.Topology(env, root)
-    deployed.start()
+    try:
+        deployed.start()
+    except BaseException:
+        deployed.stop()  # a service that came up must not outlive a topology that did not
+        raise
     saved = dict(os.environ)
     os.environ.update(env)  # this process reads the same instance, as an operator's `dagster` CLI would
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
