@@ -238,7 +238,8 @@ def _learning_curve_md(run_key: str, logs: dict) -> str:
     group_name=GROUP,
     partitions_def=experiment_runs,
     metadata=zone_artifact(RUN_PREFIX),
-    description="M1 evaluation for one experiment run: the base model with the run's adapters merged, on the same "
+    description="M1 evaluation for one experiment run: the base model with the run's adapters (unmerged, as in "
+    "validation), on the same "
     "test pairs and protocol as M0, with paired-bootstrap CIs of M1−M0: results_lora.json and examples_top5.json. "
     "Follows its run's lora_adapters by itself (automation); a new trusted zone does not re-evaluate old adapters.",
     kinds={"pytorch", "json"},
@@ -266,7 +267,8 @@ def lora_results(
     device = compute.torch_device()
     with tempfile.TemporaryDirectory(prefix="clipfood-adapters-") as tmp:
         adapter_dir = lora_adapters.download("adapters", Path(tmp) / "adapters")
-        model, processor = load_adapted_model(cfg.model.name, adapter_dir, device, merge=True)
+        # Unmerged, as validation evaluates them: merging then casting the base to bf16 rounds small updates away.
+        model, processor = load_adapted_model(cfg.model.name, adapter_dir, device, merge=False)
     with opened_images(context, lake.get_lake(), processor, test_pairs_positive["image_key"]) as images:
         results, examples = evaluate_retrieval(
             model, processor, test_pairs_positive, images, cfg=_eval_config(cfg, compute), device=device, label="M1",
