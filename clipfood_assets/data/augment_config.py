@@ -1,7 +1,8 @@
 """Validated augmentation settings (mirrors configs/augmentation_config.yaml).
 
-Models are strict (no "yes" -> True, no "0.5" -> 0.5), forbid unknown keys and check ranges,
-so a typo in the YAML fails loudly with the dotted key instead of silently using a default.
+Sections are :class:`~clipfood_assets.config_base.ConfigSection`: strict (no "yes" -> True, no "0.5" -> 0.5),
+frozen, unknown keys forbidden, ranges checked, so a typo in the YAML fails loudly with the dotted key
+instead of silently using a default.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from clipfood_assets.config_base import ConfigSection
 from clipfood_assets.yaml_files import read_yaml_mapping
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -32,11 +34,7 @@ def _ordered(model: BaseModel, low: str, high: str) -> None:
         raise FieldError(low, f"must be <= {high} ({getattr(model, low)} > {getattr(model, high)})")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Toggle(_Section):
+class Toggle(ConfigSection):
     """An optional transform: applied when enabled, with this probability."""
 
     enabled: bool = True
@@ -104,7 +102,7 @@ class BlurConfig(Toggle):
         return self
 
 
-class ImageAugmentationConfig(_Section):
+class ImageAugmentationConfig(ConfigSection):
     enabled: bool = True
     augmentations_per_image: int = Field(1, ge=0, le=100)
     horizontal_flip: Toggle = Toggle()
@@ -155,7 +153,7 @@ class SuffixConfig(Toggle):
     suffixes: list[NonEmptyText] = Field(default_factory=lambda: ["Recipe", "- Easy Recipe"], min_length=1)
 
 
-class TextAugmentationConfig(_Section):
+class TextAugmentationConfig(ConfigSection):
     enabled: bool = True
     augmentations_per_caption: int = Field(1, ge=0, le=100)
     synonym_replacement: SynonymConfig = SynonymConfig()
@@ -167,11 +165,11 @@ class TextAugmentationConfig(_Section):
     max_length: int = Field(77, ge=8, le=10_000)
 
 
-class NegativesConfig(_Section):
+class NegativesConfig(ConfigSection):
     per_positive: int = Field(1, ge=0, le=100)
 
 
-class AugmentationConfig(_Section):
+class AugmentationConfig(ConfigSection):
     """Everything the augmentation step needs; see configs/augmentation_config.yaml."""
 
     seed: int = Field(42, ge=0, lt=2**63)

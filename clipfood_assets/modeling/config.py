@@ -1,8 +1,9 @@
 """Experiment configuration: one validated pydantic model mirroring configs/experiment_config.yaml.
 
-Unknown keys, wrong types and out-of-range values are rejected with a ValueError that names
+Sections are :class:`~clipfood_assets.config_base.ConfigSection` (strict, frozen): unknown keys,
+wrong types (``epochs: "3"``) and out-of-range values are rejected with a ValueError that names
 the dotted key (``training.batch_size: ...``), so a typo in the YAML never silently falls
-back to a default.
+back to a default.  A choice made later is a new config (``model_copy(update=...)``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     ValidationError,
@@ -24,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from clipfood_assets.config_base import ConfigSection, YamlFloat
 from clipfood_assets.yaml_files import read_yaml_mapping
 
 
@@ -42,11 +42,7 @@ CUDA_LORA_DROPOUT, CPU_LORA_DROPOUT = 0.0, 0.05
 EVAL_COMPILE_MIN_ITEMS = 500_000
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     name: str = Field("openai/clip-vit-base-patch32", min_length=1,
                       description="Hugging Face hub id or local directory of a CLIP model (safetensors)")
 
@@ -55,7 +51,7 @@ def _on_cuda(device) -> bool:
     return str(device).startswith("cuda")
 
 
-class LoraSettings(_Section):
+class LoraSettings(ConfigSection):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Literal["auto"] = Field(
@@ -82,7 +78,7 @@ class LoraSettings(_Section):
         return CUDA_LORA_DROPOUT if _on_cuda(device) else CPU_LORA_DROPOUT
 
 
-class TrainingSettings(_Section):
+class TrainingSettings(ConfigSection):
     epochs: int = Field(3, ge=1, le=10_000)
     effective_batch_size: int = Field(
         32, ge=2, le=1_000_000,
@@ -113,8 +109,8 @@ class TrainingSettings(_Section):
         description="feature_cache: every pair is contrasted with the whole effective batch; "
                     "per_micro_batch: the notebooks' behaviour (negatives only within a micro-batch)",
     )
-    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    learning_rate: YamlFloat = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: YamlFloat = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0.0)
@@ -169,7 +165,7 @@ class TrainingSettings(_Section):
         return math.ceil(self.effective_batch_size / steps)
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(ConfigSection):
     batch_size: PositiveInt | Literal["auto"] = Field(
         "auto", description=f"Images or captions per forward pass; auto: {CUDA_EVAL_BATCH} on CUDA, "
                             f"{CPU_EVAL_BATCH} elsewhere")
@@ -210,7 +206,7 @@ class EvaluationSettings(_Section):
 PeftMethod = Literal["lora", "dora", "loha", "lokr", "ia3"]
 
 
-class PeftSettings(_Section):
+class PeftSettings(ConfigSection):
     method: PeftMethod = Field(
         "lora", description="peft method: lora | dora (weight-decomposed LoRA) | loha | lokr | ia3; ranks, alpha "
                             "and target modules come from the lora section"
@@ -220,7 +216,7 @@ class PeftSettings(_Section):
     )
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(ConfigSection):
     seed: int = Field(42, ge=0, lt=2**32)
     method: Literal["lora", "baseline"] = "lora"
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -90,11 +90,30 @@ def test_yaml_round_trip():
         ({"method": "full"}, "method"),
         ({"unknown_section": {}}, "unknown_section"),
         ({"training": 5}, "training"),
+        ({"training": {"epochs": "3"}}, "training.epochs"),  # strict: text is not coerced to a number
+        ({"training": {"mask_same_recipe": "yes"}}, "training.mask_same_recipe"),
+        ({"training": {"learning_rate": "fast"}}, "training.learning_rate"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_key(overrides, key):
     with pytest.raises(ValueError, match=rf"{key}\b"):
         load_experiment_config(overrides=overrides)
+
+
+def test_learning_rates_in_yaml_exponent_notation_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4, without a dot, as the text "1e-4": still a learning rate.
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  learning_rate: 1e-4\n  weight_decay: 5e-2\n")
+    training = load_experiment_config(path).training
+    assert (training.learning_rate, training.weight_decay) == (1e-4, 5e-2)
+
+
+def test_configs_are_frozen_and_changed_by_copy():
+    cfg = ExperimentConfig()
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.training.epochs = 5
+    changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 5})})
+    assert (cfg.training.epochs, changed.training.epochs) == (3, 5)
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "training: [unclosed\n", "42\n"])
