@@ -270,7 +270,7 @@ def materialize(run_key: str | None = None, run_config: Path | None = None, base
     """
     import dagster as dg
 
-    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.definitions import build_definitions
     from clipfood_assets.defs.model_zone.partitions import experiment_runs
     from clipfood_assets.defs.resources import ExperimentSettings
     from clipfood_assets.defs.trusted_zone.sensors import record_observations
@@ -508,7 +508,7 @@ def promote_and_index(run_key: str | None = None, allow_unsupported: bool = Fals
     """
     import dagster as dg
 
-    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.definitions import build_definitions
     from clipfood_assets.defs.resources import ExperimentSettings
     from clipfood_assets.exploitation.index import ExploitationIndex
     from clipfood_assets.exploitation.promotion import current_promotion

@@ -63,7 +63,7 @@ def test_search_needs_a_query(capsys):
 
 
 def test_base_model_use_records_it_for_every_process_and_show_says_where(capsys, tmp_path, monkeypatch):
-    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.definitions import build_definitions
 
     monkeypatch.setenv("CLIPFOOD_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("CLIPFOOD_BASE_MODEL", raising=False)

@@ -6,9 +6,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-OWNERS = ["team:ml-platform"]
-
-
 def preview(df: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.head(rows).to_markdown(index=False) if len(df) else "_empty_")
 
@@ -42,17 +39,6 @@ def metric_values(results: dict, suffix: str = "") -> dict[str, float]:
         for name, value in metrics.items():
             out[f"{short.get(direction, direction)} {name}{suffix}"] = round(float(value), 3)
     return out
-
-
-def zone_definitions(*, assets, asset_checks=(), jobs=(), sensors=(), kinds: frozenset[str] = frozenset()
-                     ) -> dg.Definitions:
-    """One domain folder's definitions, with what every asset of the folder shares set once here:
-    the owners, and ``kinds`` (e.g. ``s3``: the folder's assets live in the lake)."""
-    def shared(spec: dg.AssetSpec) -> dg.AssetSpec:
-        return spec.merge_attributes(owners=OWNERS, kinds=set(kinds))
-
-    return dg.Definitions(assets=dg.map_asset_specs(shared, assets), asset_checks=list(asset_checks),
-                          jobs=list(jobs), sensors=list(sensors))
 
 
 # Run tags read by the instance (docker/dagster.yaml): the run queue lets one data-zone writer run at

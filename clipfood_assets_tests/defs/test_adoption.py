@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from clipfood_assets.defs.definitions import build_definitions
+from clipfood_assets.definitions import build_definitions
 from clipfood_assets.defs.model_zone.sensors import lake_runs_sensor
 from clipfood_assets.defs.resources import LakeResource
 from clipfood_assets.defs.trusted_zone.sensors import trusted_zone_sensor

@@ -4,7 +4,8 @@ adapters bring its M1 numbers, new M1 numbers bring the report, and nothing else
 import dagster as dg
 import pytest
 
-from clipfood_assets.defs.definitions import AUTOMATION_SENSOR, build_definitions
+from clipfood_assets.definitions import build_definitions
+from clipfood_assets.defs.automation import automation_condition_sensor
 from clipfood_assets.defs.model_zone.partitions import experiment_runs
 
 DATA_ZONE = ("train_pairs_positive", "test_pairs_positive", "pairing_quarantine", "fine_tuning_images",
@@ -41,9 +42,9 @@ def world():
 
 
 def test_the_automation_sensor_runs_by_default_over_every_asset():
-    assert AUTOMATION_SENSOR.default_status == dg.DefaultSensorStatus.RUNNING
+    assert automation_condition_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     defs = build_definitions()
-    assert AUTOMATION_SENSOR in defs.sensors
+    assert automation_condition_sensor in defs.sensors
 
 
 def test_a_new_runs_adapters_bring_its_results_then_the_report(world):

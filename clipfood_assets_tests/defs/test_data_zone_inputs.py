@@ -15,7 +15,7 @@ import pytest
 
 from clipfood_assets.data.decode import BACKGROUND_RGB
 from clipfood_assets.defs.data_zone.assets import accept_degenerate_refresh_config
-from clipfood_assets.defs.definitions import build_definitions
+from clipfood_assets.definitions import build_definitions
 from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.artifacts import decode
 from clipfood_assets.lake.layout import (

@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from clipfood_assets.definitions import defs
+from clipfood_assets.definitions import build_definitions
+
+defs = build_definitions()
 
 EXPECTED_ASSETS = {
     "trusted_recipes": "trusted_zone",

@@ -7,7 +7,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from clipfood_assets.cli import write_synthetic_zone
-from clipfood_assets.defs.definitions import ASSETS, build_definitions
+from clipfood_assets.definitions import build_definitions
 from clipfood_assets.defs.trusted_zone.sensors import record_observations
 from clipfood_assets.lake import LocalLake
 from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_ZONE
@@ -24,7 +24,7 @@ def _observe(defs, instance, keys):
 
 
 def _status(instance, key: str) -> StaleStatus:
-    return get_stale_status_resolver(instance, ASSETS).get_status(dg.AssetKey(key))
+    return get_stale_status_resolver(instance, list(build_definitions().assets)).get_status(dg.AssetKey(key))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipfood_assets.defs.definitions import build_definitions, build_resources
+from clipfood_assets.definitions import build_definitions, build_resources
 from clipfood_assets.defs.model_zone.image_store import opened_images, preprocessed_images
 from clipfood_assets.modeling.clip import load_processor
 from clipfood_assets.lake import LocalLake

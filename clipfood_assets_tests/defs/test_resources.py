@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from clipfood_assets.defs.definitions import build_resources
+from clipfood_assets.definitions import build_resources
 from clipfood_assets.lake import LocalLake, S3Lake
 
 

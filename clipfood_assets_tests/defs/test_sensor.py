@@ -61,7 +61,7 @@ def test_sensor_requests_one_run_per_change_and_skips_otherwise(s3_env):
 
 
 def test_sensor_targets_the_data_zone_and_baseline():
-    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.definitions import build_definitions
 
     defs = build_definitions()
     job = defs.resolve_job_def(trusted_zone_sensor.job_name)

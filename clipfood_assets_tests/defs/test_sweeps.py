@@ -79,7 +79,7 @@ def test_a_bad_sweep_file_is_refused_with_its_reason_and_registers_nothing(tmp_p
 
 
 def test_a_sweep_submitted_from_the_launchpad_is_validated_and_stored(tmp_path):
-    from clipfood_assets.defs.definitions import build_definitions
+    from clipfood_assets.definitions import build_definitions
 
     defs = build_definitions(lake_dir=str(tmp_path / "lake"), base_model="/m")
     job = defs.resolve_job_def("submit_sweep")

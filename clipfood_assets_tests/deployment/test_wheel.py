@@ -30,6 +30,8 @@ def test_the_wheel_carries_the_default_configs_and_no_tests(wheel):
     for config in ("experiment_config.yaml", "augmentation_config.yaml", "runs/demo.yaml", "sweeps/demo_rank_lr.yaml"):
         assert f"clipfood_assets/configs/{config}" in names, config
     assert "clipfood_assets/py.typed" in names
+    for folder in ("trusted_zone", "data_zone", "model_zone", "report", "exploitation"):  # owners, kinds
+        assert f"clipfood_assets/defs/{folder}/defs.yaml" in names, folder
     assert not [n for n in names if n.startswith("clipfood_assets_tests")]
 
 

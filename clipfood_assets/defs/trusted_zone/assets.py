@@ -9,22 +9,30 @@ from clipfood_assets.lake.layout import RECIPES_KEY, TRUSTED_IMAGES_PREFIX, TRUS
 
 GROUP = "trusted_zone"
 
-RECIPES = dg.AssetSpec(
-    "trusted_recipes",
-    group_name=GROUP,
-    description=f"Recipe documents, one JSON object per line: {TRUSTED_ZONE}/{RECIPES_KEY}. Versioned by the "
-    "object's ETag.",
-    metadata={"zone": TRUSTED_ZONE, "zone_key": RECIPES_KEY},
-    kinds={"json"},
-)
-IMAGES = dg.AssetSpec(
-    "trusted_images",
-    group_name=GROUP,
-    description=f"Normalized food photos {TRUSTED_ZONE}/{TRUSTED_IMAGES_PREFIX}…__<recipeId>_<n>.jpg. Versioned by "
-    "a digest of every key and ETag.",
-    metadata={"zone": TRUSTED_ZONE, "zone_prefix": TRUSTED_IMAGES_PREFIX},
-    kinds={"jpeg"},
-)
+# Keys, not module-level specs: the defs folder's autoloading collects every AssetSpec a module holds.
+RECIPES = dg.AssetKey("trusted_recipes")
+IMAGES = dg.AssetKey("trusted_images")
+
+
+def _specs() -> list[dg.AssetSpec]:
+    return [
+        dg.AssetSpec(
+            RECIPES,
+            group_name=GROUP,
+            description=f"Recipe documents, one JSON object per line: {TRUSTED_ZONE}/{RECIPES_KEY}. Versioned by "
+            "the object's ETag.",
+            metadata={"zone": TRUSTED_ZONE, "zone_key": RECIPES_KEY},
+            kinds={"json"},
+        ),
+        dg.AssetSpec(
+            IMAGES,
+            group_name=GROUP,
+            description=f"Normalized food photos {TRUSTED_ZONE}/{TRUSTED_IMAGES_PREFIX}…__<recipeId>_<n>.jpg. "
+            "Versioned by a digest of every key and ETag.",
+            metadata={"zone": TRUSTED_ZONE, "zone_prefix": TRUSTED_IMAGES_PREFIX},
+            kinds={"jpeg"},
+        ),
+    ]
 
 
 def zone_versions(zone_lake: Lake, fingerprint: ZoneFingerprint) -> dict[dg.AssetKey, tuple[str, dict]]:
@@ -33,8 +41,8 @@ def zone_versions(zone_lake: Lake, fingerprint: ZoneFingerprint) -> dict[dg.Asse
     recipes_meta = ({"present": False} if fingerprint.recipes_etag is None else
                     {"uri": dg.MetadataValue.path(zone_lake.uri(TRUSTED_ZONE, RECIPES_KEY))})
     return {
-        RECIPES.key: (fingerprint.recipes_etag or "missing", recipes_meta),
-        IMAGES.key: (fingerprint.images_digest[:16], {
+        RECIPES: (fingerprint.recipes_etag or "missing", recipes_meta),
+        IMAGES: (fingerprint.images_digest[:16], {
             "images": fingerprint.n_images,
             "size_bytes": fingerprint.images_bytes,
             "uri": dg.MetadataValue.path(zone_lake.uri(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)),
@@ -42,7 +50,7 @@ def zone_versions(zone_lake: Lake, fingerprint: ZoneFingerprint) -> dict[dg.Asse
     }
 
 
-@dg.multi_observable_source_asset(specs=[RECIPES, IMAGES], name="trusted_zone", group_name=GROUP, can_subset=True)
+@dg.multi_observable_source_asset(specs=_specs(), name="trusted_zone", group_name=GROUP, can_subset=True)
 def trusted_zone(context: dg.AssetExecutionContext, lake: LakeResource):
     """Data versions from ETags, so the UI shows what changed upstream and what is stale.
 
