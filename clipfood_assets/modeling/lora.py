@@ -13,8 +13,10 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 import torch
 from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, PeftModel, get_peft_model
@@ -24,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, CLIPProcessor
 
 from clipfood_assets.modeling.clip import load_clip
-from clipfood_assets.modeling.config import LoraSettings
+from clipfood_assets.modeling.config import LoraSettings, PeftMethod
 from clipfood_assets.modeling.hub import BaseModelSource, adapter_usage, base_model_source, card_data, card_text
 
 LOGIT_SCALE_FILE = "logit_scale.json"
@@ -63,7 +65,7 @@ def lora_target_modules(model: torch.nn.Module, lora_cfg: LoraSettings) -> list[
     return names
 
 
-def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: str) -> PeftConfig:
+def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: PeftMethod) -> PeftConfig:
     """peft's own config class for ``method``, with the rank, alpha, dropout and layers of ``lora_cfg``."""
     # A regex over exactly these names: peft stores it in adapter_config.json, and it stays
     # short however many layers the model has (a full-name list would be hundreds of entries).
@@ -71,24 +73,38 @@ def _peft_config(model: torch.nn.Module, lora_cfg: LoraSettings, method: str) ->
     layer_pattern = "|".join(sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n in names}))
     targets = f"^(?:{layer_pattern})$"
     dropout = lora_cfg.dropout_on(next(model.parameters()).device)  # auto: none on CUDA
-    if method in ("lora", "dora"):
-        return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.lora_alpha, lora_dropout=dropout,
-                          target_modules=targets, bias=lora_cfg.bias, use_dora=method == "dora")
-    if method == "loha":
-        return LoHaConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=dropout, target_modules=targets)
-    if method == "lokr":
-        return LoKrConfig(r=lora_cfg.r, alpha=lora_cfg.lora_alpha, rank_dropout=dropout, target_modules=targets)
-    if method == "ia3":
-        # (IA)^3 learns one scaling vector per layer: no rank, alpha or dropout. Attention
-        # projections are scaled on their output (no feed-forward layers among the targets).
-        return IA3Config(target_modules=targets, feedforward_modules=[])
-    raise ValueError(f"unknown peft method {method!r}; expected lora, dora, loha, lokr or ia3")
+    build = PEFT_METHODS.get(method)
+    if build is None:
+        raise ValueError(f"unknown peft method {method!r}; expected one of {', '.join(PEFT_METHODS)}")
+    return build(lora_cfg, targets, dropout)
+
+
+def _lora_family(use_dora: bool) -> Callable[[LoraSettings, str, float], PeftConfig]:
+    return lambda s, targets, dropout: LoraConfig(r=s.r, lora_alpha=s.lora_alpha, lora_dropout=dropout,
+                                                  target_modules=targets, bias=s.bias, use_dora=use_dora)
+
+
+# peft's config class of each method (as peft's own PEFT_TYPE_TO_CONFIG_MAPPING), filled from the lora
+# section: (settings, target-module regex, dropout in effect) -> PeftConfig. config.PeftMethod names the keys.
+PEFT_METHODS: dict[PeftMethod, Callable[[LoraSettings, str, float], PeftConfig]] = {
+    "lora": _lora_family(use_dora=False),
+    "dora": _lora_family(use_dora=True),  # weight-decomposed LoRA
+    "loha": lambda s, targets, dropout: LoHaConfig(r=s.r, alpha=s.lora_alpha, rank_dropout=dropout,
+                                                   target_modules=targets),
+    "lokr": lambda s, targets, dropout: LoKrConfig(r=s.r, alpha=s.lora_alpha, rank_dropout=dropout,
+                                                   target_modules=targets),
+    # (IA)^3 learns one scaling vector per layer: no rank, alpha or dropout. Attention projections
+    # are scaled on their output (no feed-forward layers among the targets).
+    "ia3": lambda s, targets, dropout: IA3Config(target_modules=targets, feedforward_modules=[]),
+}
+if set(PEFT_METHODS) != set(get_args(PeftMethod)):  # a method added to one and not the other fails at import
+    raise ImportError(f"lora.PEFT_METHODS {sorted(PEFT_METHODS)} and config.PeftMethod disagree")
 
 
 def apply_adapters(
-    model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True, method: str = "lora"
+    model: CLIPModel, lora_cfg: LoraSettings, *, train_logit_scale: bool = True, method: PeftMethod = "lora"
 ) -> PeftModel:
-    """Wrap ``model`` with peft adapters of ``method`` (lora | dora | loha | lokr | ia3; base weights
+    """Wrap ``model`` with peft adapters of ``method`` (a key of :data:`PEFT_METHODS`; base weights
     frozen); ``logit_scale`` trainable if asked. Raises ValueError for an unknown method."""
     with _quiet_peft():
         peft_model = get_peft_model(model, _peft_config(model, lora_cfg, method))

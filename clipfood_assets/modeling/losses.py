@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-LOSS_KINDS = ("clip", "clip_hard_negatives", "siglip")
+from clipfood_assets.modeling.config import LossKind
+
 # SigLIP's initial bias (Zhai et al. 2023): with many negatives per positive the bias keeps
 # the sigmoid from starting saturated on "positive".
 DEFAULT_SIGLIP_BIAS = -10.0
@@ -74,7 +76,7 @@ def contrastive_loss(
     negative_text_emb: torch.Tensor | None = None,
     negative_recipe_ids: Any = None,
     mask_same_recipe: bool = True,
-    kind: str = "clip_hard_negatives",
+    kind: LossKind = "clip_hard_negatives",
     logit_bias: torch.Tensor | float = DEFAULT_SIGLIP_BIAS,
 ) -> torch.Tensor:
     """Contrastive loss of a batch of B image-caption pairs (row i of each is pair i).
@@ -92,12 +94,13 @@ def contrastive_loss(
     recipe is left out (it is not a negative), and so is a labelled negative whose recipe
     (``negative_recipe_ids``; unknown when None) is the image's recipe.
     """
-    if kind not in LOSS_KINDS:
+    loss = LOSSES.get(kind)
+    if loss is None:
         raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(f"image and text embeddings must both be B x D, got {image_emb.shape}, {text_emb.shape}")
     n_pairs, device = image_emb.shape[0], image_emb.device
-    use_negatives = kind != "clip" and negative_text_emb is not None and negative_text_emb.shape[0] > 0
+    use_negatives = loss.uses_negatives and negative_text_emb is not None and negative_text_emb.shape[0] > 0
     n_neg = negative_text_emb.shape[0] if use_negatives else 0
     pair_codes, neg_codes = _recipe_codes(
         recipe_ids, negative_recipe_ids if use_negatives else None, n_pairs, n_neg, device
@@ -110,10 +113,7 @@ def contrastive_loss(
     else:
         excluded = torch.zeros_like(eye)
     neg_excluded = pair_codes[:, None] == neg_codes[None, :] if use_negatives else None
-
-    if kind == "siglip":
-        return _siglip_loss(logits, eye, excluded, neg_logits, neg_excluded, logit_bias)
-    return _info_nce_loss(logits, excluded, neg_logits, neg_excluded)
+    return loss.reduce(logits, excluded, neg_logits, neg_excluded, logit_bias)
 
 
 def _similarities(
@@ -136,7 +136,6 @@ def _similarities(
 
 def _siglip_loss(
     logits: torch.Tensor,
-    eye: torch.Tensor,
     excluded: torch.Tensor,
     neg_logits: torch.Tensor | None,
     neg_excluded: torch.Tensor | None,
@@ -146,7 +145,7 @@ def _siglip_loss(
     negative; excluded pairs add nothing; normalised by B as in SigLIP."""
     n_pairs = logits.shape[0]
     bias = torch.as_tensor(logit_bias, dtype=torch.float32, device=logits.device)
-    signs = eye.float() * 2 - 1
+    signs = torch.eye(n_pairs, dtype=torch.bool, device=logits.device).float() * 2 - 1
     terms = F.logsigmoid(signs * (logits + bias)).masked_fill(excluded, 0.0)
     total = terms.sum()
     if neg_logits is not None:
@@ -159,9 +158,11 @@ def _info_nce_loss(
     excluded: torch.Tensor,
     neg_logits: torch.Tensor | None,
     neg_excluded: torch.Tensor | None,
+    logit_bias: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE with excluded pairs masked out; labelled negatives (when given) are extra
-    columns of the image->text rows only."""
+    columns of the image->text rows only.  ``logit_bias`` is SigLIP's: a softmax is unchanged by
+    one added to every logit, so InfoNCE takes none (the registry's one signature)."""
     n_pairs = logits.shape[0]
     targets = torch.arange(n_pairs, device=logits.device)
     masked = logits.masked_fill(excluded, float("-inf"))
@@ -170,6 +171,27 @@ def _info_nce_loss(
         masked = torch.cat([masked, neg_logits.masked_fill(neg_excluded, float("-inf"))], dim=1)
     image_to_text = F.cross_entropy(masked, targets)
     return (image_to_text + text_to_image) / 2
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss kind: how the scaled similarities reduce to the loss, and whether the labelled
+    negative captions join it. ``reduce(logits [B, B], excluded [B, B], negative_logits [B, N] | None,
+    negative_excluded [B, N] | None, logit_bias) -> scalar``."""
+
+    reduce: Callable[..., torch.Tensor]
+    uses_negatives: bool
+
+
+# The loss kinds by name, as peft maps a method to its config class; config.LossKind names the same keys.
+LOSSES: dict[LossKind, Loss] = {
+    "clip": Loss(_info_nce_loss, uses_negatives=False),
+    "clip_hard_negatives": Loss(_info_nce_loss, uses_negatives=True),
+    "siglip": Loss(_siglip_loss, uses_negatives=True),
+}
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+if set(LOSSES) != set(LOSS_KINDS):  # a kind added to one and not the other fails at import, not in a run
+    raise ImportError(f"losses.LOSSES {sorted(LOSSES)} and config.LossKind {sorted(LOSS_KINDS)} disagree")
 
 
 def negatives_per_pair(
