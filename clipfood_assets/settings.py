@@ -34,6 +34,10 @@ MINIO_REGION_ENV = "MINIO_REGION"
 SENSOR_SECONDS_ENV = "CLIPFOOD_SENSOR_SECONDS_PER_TICK"
 SENSOR_OBJECTS_ENV = "CLIPFOOD_SENSOR_OBJECTS_PER_TICK"
 SENSOR_SQS_URL_ENV = "CLIPFOOD_SENSOR_SQS_URL"
+SHARDS_ENV = "CLIPFOOD_SHARDS"
+# Shards of the data plane (image copy, packed store, embeddings): few, so a small zone is not split into
+# steps that each cost more to start (a process, ~3 s) than their work; 13 million photos want ~64-256.
+DEFAULT_SHARDS = 4
 
 
 def _stripped(value):
@@ -126,6 +130,13 @@ class ClipfoodSettings(BaseSettings):
         "s3:ObjectRemoved:*): the sensor reads changes from it first each tick. Unset: listing only.",
     )
 
+    shards: int = Field(
+        default=DEFAULT_SHARDS, validation_alias=SHARDS_ENV,
+        description="Shards of the data plane's image stages (copy, packed store, exploitation embeddings) by a "
+        "stable hash of the image key: each a step of its own, run in parallel and retried alone (1..4096); not "
+        "a positive integer: the default, 4. Changing it plans every shard anew.",
+    )
+
     @field_validator("base_model", "chroma_url", "minio_endpoint", "minio_region", "sensor_sqs_url", mode="before")
     @classmethod
     def _strip(cls, value):
@@ -146,6 +157,14 @@ class ClipfoodSettings(BaseSettings):
         if not 0 < seconds < float("inf"):
             raise PydanticUseDefault()
         return seconds
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shards(cls, value):
+        count = _positive_int(value)
+        if count is None or count > 4096:
+            raise PydanticUseDefault()
+        return count
 
     @field_validator("sensor_objects_per_tick", mode="before")
     @classmethod

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 
@@ -17,6 +18,7 @@ from clipfood_assets.data.quarantine import quarantine_frame
 from clipfood_assets.data.parallel import bounded_map
 from clipfood_assets.data.trusted import iter_lines, parse_image_keys, parse_recipes, validate_images
 from clipfood_assets.lake.base import Lake, LakeError, ObjectNotFound
+from clipfood_assets.lake.shards import ShardLedger, ShardPlan, ShardTask, run_tasks, split_by_shard
 from clipfood_assets.lake.tables import SchemaError, read_table, write_table
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
@@ -153,36 +155,60 @@ def read_copy_record(lake: Lake) -> dict[str, tuple[str, int, str]]:
         return {}
 
 
-def copy_images(
-    lake: Lake, image_keys: list[str], *, workers: int = 16, progress: Progress | None = None
-) -> CopyStats:
-    """Mirror the paired images into the fine-tuning zone with server-side copies.
+COPY_STAGE = "image_copy"
 
-    A copy is skipped when its source is unchanged: the source's own ETag and size equal those
-    recorded when the copy was made (``IMAGE_COPIES_KEY``), and the copy is still the one made
-    then (its ETag as recorded). A copy's ETag is never compared with its source's: a multipart
-    upload's ETag (``<md5>-2``) is not the ETag a server-side copy of it gets. Images no longer
-    paired are removed only after every wanted copy is in place and the record is written, so
-    the zone always holds at least the images the CSVs name.
-    """
-    start = time.perf_counter()
-    wanted = sorted(set(image_keys))
-    source = {o.key: o for o in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX)}
-    present = {o.key: o for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
-    missing = [k for k in wanted if k not in source]
+
+def copy_ledger(lake: Lake) -> ShardLedger:
+    """Where the sharded image copy keeps its tasks and completion records (fine-tuning zone, ``_shards/image_copy/``)."""
+    return ShardLedger(lake, FINE_TUNING_ZONE, COPY_STAGE)
+
+
+def plan_image_copy(lake: Lake, image_keys: Iterable[str], *, n_shards: int = 1) -> ShardPlan:
+    """The copies to make, one task per shard (by :func:`~clipfood_assets.lake.shards.shard_of` of the key)
+    holding images whose copy is missing or stale; unchanged images (see :func:`copy_images`) give no task.
+
+    Each task item is ``{"key", "etag", "size"}`` of the source as listed now. LakeError when a paired image
+    is not in the trusted zone; ValueError for an empty key."""
+    wanted = set(image_keys)
+    if "" in wanted or any(not isinstance(k, str) for k in wanted):
+        raise ValueError("image keys must be non-empty strings")
+    source = {o.key: (o.etag, o.size) for o in lake.list(TRUSTED_ZONE, TRUSTED_IMAGES_PREFIX) if o.key in wanted}
+    missing = sorted(wanted - set(source))
     if missing:
         raise LakeError(f"{len(missing)} paired images are not in the trusted zone, e.g. {missing[:3]}")
     record = read_copy_record(lake)
+    present = {o.key: o for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX) if o.key in wanted}
 
     def unchanged(key: str) -> bool:
-        src, copy = source[key], present.get(key)
-        return copy is not None and copy.size == src.size and record.get(key) == (src.etag, src.size, copy.etag)
+        (etag, size), copy = source[key], present.get(key)
+        return copy is not None and copy.size == size and record.get(key) == (etag, size, copy.etag)
 
-    todo = [k for k in wanted if not unchanged(k)]
-    _parallel(lambda k: lake.copy(TRUSTED_ZONE, k, FINE_TUNING_ZONE, k), todo, workers, progress)
+    todo = ({"key": k, "etag": source[k][0], "size": int(source[k][1])} for k in sorted(wanted) if not unchanged(k))
+    return copy_ledger(lake).plan(split_by_shard(todo, "key", n_shards), n_shards)
 
+
+def copy_shard(lake: Lake, task: ShardTask, rows: list[dict], *, workers: int = 16,
+               progress: Progress | None = None) -> dict:
+    """Copy one shard's images server-side; its completion record: ``{"copies": [[key, source ETag, source
+    size, copy ETag], ...]}``."""
+    keys = [row["key"] for row in rows]
+    etags = _parallel(lambda k: lake.copy(TRUSTED_ZONE, k, FINE_TUNING_ZONE, k), keys, workers, progress)
+    return {"copies": [[r["key"], r["etag"], int(r["size"]), etag] for r, etag in zip(rows, etags)]}
+
+
+def commit_image_copy(lake: Lake, image_keys: Iterable[str], plan: ShardPlan, *, workers: int = 16,
+                      seconds: float = 0.0) -> CopyStats:
+    """Once every shard of ``plan`` is done: check every paired image is in place, write the copy record,
+    then remove the images no longer paired. ShardsIncomplete when a shard is not done (nothing written)."""
+    start = time.perf_counter()
+    ledger = copy_ledger(lake)
+    records = ledger.records(plan)
+    wanted = sorted(set(image_keys))
+    old = read_copy_record(lake)
+    copied = {key: (etag, int(size), copy) for r in records.values() for key, etag, size, copy in r["copies"]}
     after = {o.key: o for o in lake.list(FINE_TUNING_ZONE, IMAGES_PREFIX)}
-    incomplete = [k for k in wanted if k not in after or after[k].size != source[k].size]
+    identity = {k: copied.get(k) or old.get(k) for k in wanted}
+    incomplete = [k for k in wanted if identity[k] is None or k not in after or after[k].size != identity[k][1]]
     if incomplete:
         raise LakeError(
             f"{len(incomplete)} image copies are missing or have the wrong size after copying, e.g. {incomplete[:3]}; "
@@ -193,15 +219,46 @@ def copy_images(
         IMAGE_COPIES_KEY,
         write_table(pd.DataFrame({
             "image_key": wanted,
-            "source_etag": [source[k].etag for k in wanted],
-            "source_size": [source[k].size for k in wanted],
+            "source_etag": [identity[k][0] for k in wanted],
+            "source_size": [identity[k][1] for k in wanted],
             "copy_etag": [after[k].etag for k in wanted],
         })),
         "text/csv",
     )
-    stale = sorted(set(after) - set(wanted))
+    keep = set(wanted)
+    stale = sorted(k for k in after if k not in keep)
     _parallel(lambda k: lake.delete(FINE_TUNING_ZONE, k), stale, workers, None)
-    return CopyStats(len(todo), len(wanted) - len(todo), len(stale), time.perf_counter() - start)
+    ledger.forget(plan)
+    return CopyStats(len(copied), len(wanted) - len(copied), len(stale), seconds + time.perf_counter() - start)
+
+
+def copy_images(
+    lake: Lake, image_keys: list[str], *, workers: int = 16, progress: Progress | None = None,
+    n_shards: int = 1, processes: int = 1,
+) -> CopyStats:
+    """Mirror the paired images into the fine-tuning zone with server-side copies.
+
+    A copy is skipped when its source is unchanged: the source's own ETag and size equal those
+    recorded when the copy was made (``IMAGE_COPIES_KEY``), and the copy is still the one made
+    then (its ETag as recorded). A copy's ETag is never compared with its source's: a multipart
+    upload's ETag (``<md5>-2``) is not the ETag a server-side copy of it gets. Images no longer
+    paired are removed only after every wanted copy is in place and the record is written, so
+    the zone always holds at least the images the CSVs name.
+
+    The copies are made shard by shard (``n_shards`` by key hash, in ``processes`` spawned processes when
+    more than 1): a shard already done by an interrupted call is not copied again. What the Dagster asset
+    runs as one step per shard: :func:`plan_image_copy`, :func:`copy_shard`, :func:`commit_image_copy`.
+    """
+    start = time.perf_counter()
+    keys = list(image_keys)
+    plan = plan_image_copy(lake, keys, n_shards=n_shards)
+    work = partial(_copy_work, lake, workers=workers, progress=progress if processes <= 1 else None)
+    run_tasks(copy_ledger(lake), plan.tasks, work, processes=processes)
+    return commit_image_copy(lake, keys, plan, workers=workers, seconds=time.perf_counter() - start)
+
+
+def _copy_work(lake: Lake, task: ShardTask, rows: list[dict], *, workers: int, progress: Progress | None) -> dict:
+    return copy_shard(lake, task, rows, workers=workers, progress=progress)
 
 
 def remove_stale_augmented_images(lake: Lake, keep: set[str], workers: int = 16) -> int:

@@ -9,15 +9,30 @@ from clipfood_assets.data.augment_config import load_augmentation_config
 from clipfood_assets.data.prepare import (
     DegenerateRefresh,
     augment_training_pairs,
-    copy_images,
+    commit_image_copy,
+    copy_ledger,
+    copy_shard,
+    plan_image_copy,
     guard_refresh,
     read_positive_pairs,
     remove_stale_augmented_images,
 )
 from clipfood_assets.defs.io_manager import zone_object
 from clipfood_assets.defs.meta import counts, preview
+from clipfood_assets.defs.shards import (
+    COMMIT_IN,
+    PLAN_OUT,
+    SHARD_IN,
+    SHARD_OUT,
+    current_task,
+    emit_tasks,
+    plan_id,
+    shard_count,
+    shard_metadata,
+)
 from clipfood_assets.defs.resources import ComputeResource, ExperimentSettings, LakeResource
 from clipfood_assets.lake.fingerprint import fingerprint_trusted_zone
+from clipfood_assets.lake.shards import run_task
 from clipfood_assets.lake.provenance import built_from, record_built_from
 from clipfood_assets.lake.layout import (
     AUGMENTED_IMAGES_PREFIX,
@@ -164,37 +179,70 @@ def positive_pairs(
     record_built_from(zone_lake, "positive_pairs", trusted_version)
 
 
-@dg.asset(
+def _paired_keys(*tables: pd.DataFrame) -> list[str]:
+    return pd.concat([t["image_key"] for t in tables]).tolist()
+
+
+_PAIR_INS = {name: dg.In(pd.DataFrame) for name in ("train_pairs_positive", "test_pairs_positive",
+                                                    "validation_pairs_positive")}
+
+
+@dg.op(ins=_PAIR_INS, out=PLAN_OUT)
+def plan_image_copy_shards(context: dg.OpExecutionContext, lake: LakeResource, train_pairs_positive,
+                           test_pairs_positive, validation_pairs_positive):
+    """The copies to make, split by key hash into CLIPFOOD_SHARDS shards; one output per shard with work."""
+    zone_lake = lake.get_lake()
+    plan = plan_image_copy(zone_lake, _paired_keys(train_pairs_positive, test_pairs_positive,
+                                                   validation_pairs_positive), n_shards=shard_count())
+    yield from emit_tasks(context, copy_ledger(zone_lake), plan)
+
+
+@dg.op(ins=SHARD_IN, out=SHARD_OUT)
+def copy_image_shard(context: dg.OpExecutionContext, lake: LakeResource, compute: ComputeResource) -> None:
+    """One shard's server-side copies (its completion record written last)."""
+    zone_lake = lake.get_lake()
+    ledger = copy_ledger(zone_lake)
+    task = current_task(context, ledger)
+    record, ran = run_task(ledger, task, lambda t, rows: copy_shard(
+        zone_lake, t, rows, workers=compute.io_workers, progress=_progress(context, f"shard {t.shard}: images copied")))
+    context.log.info(f"shard {task.shard}/{task.n_shards}: {len(record['copies'])} images "
+                     f"{'copied' if ran else 'already copied by an earlier run'}")
+
+
+@dg.op(ins={**_PAIR_INS, **COMMIT_IN})
+def commit_image_copy_shards(context: dg.OpExecutionContext, lake: LakeResource, compute: ComputeResource,
+                             train_pairs_positive, test_pairs_positive, validation_pairs_positive) -> dg.Output:
+    """Every shard done: the copy record, then the images no longer paired removed."""
+    zone_lake = lake.get_lake()
+    ledger = copy_ledger(zone_lake)
+    plan = ledger.load_plan(plan_id(context))
+    stats = commit_image_copy(zone_lake, _paired_keys(train_pairs_positive, test_pairs_positive,
+                                                      validation_pairs_positive), plan, workers=compute.io_workers)
+    ledger.forget(plan, plan_id(context))
+    return dg.Output(None, metadata={
+        "images": stats.copied + stats.skipped,
+        "copied": stats.copied,
+        "skipped (unchanged)": stats.skipped,
+        "removed (no longer paired)": stats.deleted,
+        **shard_metadata(plan),
+        "uri": dg.MetadataValue.path(zone_lake.uri(FINE_TUNING_ZONE, IMAGES_PREFIX)),
+    })
+
+
+@dg.graph_asset(
     group_name=GROUP,
-    description=f"The paired images mirrored into {FINE_TUNING_ZONE}/{IMAGES_PREFIX} with server-side copies; "
-    "unchanged images (the source's ETag and size as recorded at copy time) are skipped; unpaired ones are "
+    description=f"The paired images mirrored into {FINE_TUNING_ZONE}/{IMAGES_PREFIX} with server-side copies, in "
+    "shards by a hash of the image key (CLIPFOOD_SHARDS; one step per shard with work, in parallel, each retried "
+    "alone); unchanged images (the source's ETag and size as recorded at copy time) are skipped; unpaired ones are "
     "removed once every paired image is in place.",
     metadata={"zone": FINE_TUNING_ZONE, "zone_prefix": IMAGES_PREFIX},
     kinds={"jpeg"},
     code_version=CODE_VERSION,
 )
-def fine_tuning_images(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    compute: ComputeResource,
-    train_pairs_positive: pd.DataFrame,
-    test_pairs_positive: pd.DataFrame,
-    validation_pairs_positive: pd.DataFrame,
-) -> dg.MaterializeResult:
-    zone_lake = lake.get_lake()
-    keys = pd.concat([train_pairs_positive["image_key"], test_pairs_positive["image_key"],
-                      validation_pairs_positive["image_key"]]).tolist()
-    stats = copy_images(zone_lake, keys, workers=compute.io_workers, progress=_progress(context, "images copied"))
-    return dg.MaterializeResult(
-        metadata={
-            "images": stats.copied + stats.skipped,
-            "copied": stats.copied,
-            "skipped (unchanged)": stats.skipped,
-            "removed (no longer paired)": stats.deleted,
-            "images/s": round(stats.images_per_s, 1),
-            "uri": dg.MetadataValue.path(zone_lake.uri(FINE_TUNING_ZONE, IMAGES_PREFIX)),
-        }
-    )
+def fine_tuning_images(train_pairs_positive, test_pairs_positive, validation_pairs_positive):
+    shards = plan_image_copy_shards(train_pairs_positive, test_pairs_positive, validation_pairs_positive)
+    return commit_image_copy_shards(train_pairs_positive, test_pairs_positive, validation_pairs_positive,
+                                    shards.map(copy_image_shard).collect())
 
 
 @dg.asset(
